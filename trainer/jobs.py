@@ -1,0 +1,155 @@
+"""Job configs: the contract the operator (or a user) fills in for ``python -m exfm_trainer``.
+
+Each job reads its config from ``--config <file.json>``. Unknown fields are rejected, and
+validation errors name the field. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from exfm_trainer.schema import FeatureSchema
+
+ModelPreset = Literal["tiny", "small", "medium", "large"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class WindowRange(_Strict):
+    """Windows ``[start, end)``; ``end`` None means every committed window from ``start`` on."""
+
+    start: int = Field(default=0, ge=0)
+    end: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowRange:
+        if self.end is not None and self.end < self.start:
+            raise ValueError(f"end ({self.end}) must be >= start ({self.start})")
+        return self
+
+    def contains(self, window: int) -> bool:
+        return window >= self.start and (self.end is None or window < self.end)
+
+
+class DatasetRef(_Strict):
+    """A windowed Parquet dataset and its feature schema."""
+
+    uri: str = Field(min_length=1, description="Root of window=NNNNN folders (s3:// or path).")
+    feature_schema: FeatureSchema = Field(alias="schema")
+
+
+class ArtifactRef(_Strict):
+    """A model or DAS output by namespace/name under the job's storage root."""
+
+    namespace: str = "default"
+    name: str = Field(min_length=1)
+
+
+class Optim(_Strict):
+    embedding_lr: float = Field(default=0.05, gt=0, description="Rowwise Adagrad LR (fused TBE).")
+    dense_lr: float = Field(default=0.001, gt=0, description="Adam LR of the dense layers.")
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class _JobBase(_Strict):
+    storage: str = Field(min_length=1, description="Artifact root: s3://bucket/prefix or a path.")
+    namespace: str = "default"
+    name: str = Field(min_length=1, description="Owner resource name (FM/DAS/VM).")
+    windows: WindowRange = Field(default_factory=WindowRange)
+    batch_size: int = Field(default=2048, ge=1)
+    seed: int = 0
+    device: Device = "auto"
+    checkpoint_every: int = Field(default=1, ge=1, description="Windows between checkpoints.")
+    keep_checkpoints: int = Field(default=3, ge=1, description="Retention: newest K checkpoints.")
+    max_bad_row_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Rows with NaN features or labels outside {0,1} are skipped and counted; "
+        "a window with a larger skipped fraction fails the job.",
+    )
+
+
+class FMTrainJob(_JobBase):
+    job: Literal["fm-train"] = "fm-train"
+    dataset: DatasetRef
+    preset: ModelPreset = "small"
+    optim: Optim = Field(default_factory=Optim)
+
+
+class DASJob(_JobBase):
+    job: Literal["das"] = "das"
+    dataset: DatasetRef
+    fm: ArtifactRef
+    max_staleness: int | None = Field(
+        default=None, ge=0, description="Fail when the newest usable FM is older than this."
+    )
+
+
+class Distillation(_Strict):
+    """How a VM learns from the FM: ``L = BCE(y_s, y) + w * BCE(y_aux, clip(alpha * p_fm, <= 1))``."""
+
+    mode: Literal["none", "kd", "aux"] = "aux"
+    alpha: float = Field(default=1.0, gt=0, description="Scale of the FM probability target.")
+    beta: float = Field(default=1.0, ge=0, description="Aux-loss gradient scale into the backbone.")
+    weight: float = Field(default=1.0, ge=0, description="w: weight of the distillation loss.")
+    adapter: bool = Field(default=False, description="Student adapter on the FM logit.")
+    adapter_weight: float = Field(default=1.0, ge=0, description="Weight of the adapter target.")
+
+
+class VMTrainJob(_JobBase):
+    job: Literal["vm-train"] = "vm-train"
+    dataset: DatasetRef = Field(
+        description="Augmented windows carrying the fm_logit column (a DAS output)."
+    )
+    das: ArtifactRef | None = Field(
+        default=None, description="The DAS whose committed windows this VM reads (lineage)."
+    )
+    vertical: str | None = Field(default=None, description="Keep rows of this vertical only.")
+    preset: ModelPreset = "tiny"
+    distillation: Distillation = Field(default_factory=Distillation)
+    export: bool = Field(default=True, description="Write a serving export after training.")
+    optim: Optim = Field(default_factory=Optim)
+
+
+JobConfig = Annotated[FMTrainJob | DASJob | VMTrainJob, Field(discriminator="job")]
+_ADAPTER: TypeAdapter[FMTrainJob | DASJob | VMTrainJob] = TypeAdapter(JobConfig)
+
+
+class JobConfigError(ValueError):
+    """A job config failed validation; the message lists each bad field and the fix."""
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid job config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  - {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_job(data: dict, source: str = "<dict>") -> FMTrainJob | DASJob | VMTrainJob:
+    """Validate a job config dict; raises JobConfigError naming each bad field."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as err:
+        raise JobConfigError(format_validation_error(err, source)) from None
+
+
+def load_job(path: str | Path) -> FMTrainJob | DASJob | VMTrainJob:
+    """Read and validate a job config JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JobConfigError(f"job config {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise JobConfigError(f"job config {path} is not valid JSON: {err}") from None
+    return parse_job(data, str(path))
