@@ -106,9 +106,7 @@ class Distillation(_Strict):
 
 class VMTrainJob(_JobBase):
     job: Literal["vm-train"] = "vm-train"
-    dataset: DatasetRef = Field(
-        description="Augmented windows carrying the fm_logit column (a DAS output)."
-    )
+    dataset: DatasetRef = Field(description="Augmented windows carrying the fm_logit column (a DAS output).")
     das: ArtifactRef | None = Field(
         default=None, description="The DAS whose committed windows this VM reads (lineage)."
     )

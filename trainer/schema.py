@@ -13,9 +13,7 @@ class SparseFeature(BaseModel):
     name: str = Field(min_length=1, description="Column name in the Parquet windows.")
     hash_buckets: int = Field(default=100_000, ge=1, description="Rows of the embedding table.")
     embedding_dim: int = Field(default=16, ge=1, le=4096, description="Embedding width.")
-    multi_valued: bool = Field(
-        default=False, description="True when the column holds a list of ids per row."
-    )
+    multi_valued: bool = Field(default=False, description="True when the column holds a list of ids per row.")
 
 
 class FeatureSchema(BaseModel):

@@ -107,4 +107,3 @@ class LocalStorage(Storage):
     def local_path(self, key: str = "") -> Path:
         """The file path of ``key`` (local backend only)."""
         return self._path(key)
-
