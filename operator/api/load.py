@@ -1,0 +1,138 @@
+"""Parse manifests (dicts or YAML) into typed resources, with one clear message per problem."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from exfm_operator.api.base import API_VERSION
+from exfm_operator.api.resources import KINDS, Resource
+
+
+class ManifestError(ValueError):
+    """One or more manifest documents are invalid; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid manifest:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def field_path(loc: Iterable[Any]) -> str:
+    """``('spec', 'retention', 'pinnedVersions', 0)`` → ``spec.retention.pinnedVersions[0]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _clean(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
+
+
+def validation_problems(err: ValidationError, prefix: str) -> list[str]:
+    """One ``<prefix>: <field path>: <message>`` line per pydantic error."""
+    return [f"{prefix}: {field_path(e['loc'])}: {_clean(e['msg'])}" for e in err.errors()]
+
+
+def _label(doc: dict[str, Any], where: str) -> str:
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    ns = meta.get("namespace", "default") if isinstance(meta, dict) else "default"
+    who = f'"{ns}/{name}"' if name else "(unnamed)"
+    return f"{doc.get('kind')} {who} ({where})"
+
+
+def parse_resource(doc: Any, where: str = "<dict>") -> Resource:
+    """Validate one document; raises :class:`ManifestError` naming the kind, object and field."""
+    if not isinstance(doc, dict):
+        raise ManifestError(
+            [f"{where}: expected a mapping with apiVersion/kind/metadata/spec, got {type(doc).__name__}"]
+        )
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise ManifestError(
+            [f"{where}: unknown kind {kind!r}; expected one of {', '.join(KINDS)} (apiVersion {API_VERSION})"]
+        )
+    label = _label(doc, where)
+    if doc.get("apiVersion") != API_VERSION:
+        raise ManifestError([f"{label}: apiVersion: expected {API_VERSION!r}, got {doc.get('apiVersion')!r}"])
+    try:
+        return KINDS[kind].model_validate(doc)
+    except ValidationError as err:
+        raise ManifestError(validation_problems(err, label)) from None
+
+
+def load_manifests(docs: Iterable[Any], source: str = "<manifest>") -> list[Resource]:
+    """Validate every document (``None`` documents are skipped); all problems are reported together.
+
+    Raises :class:`ManifestError` if any document is invalid or two documents name the same object.
+    """
+    return _load_located([(doc, f"{source}#{i}") for i, doc in enumerate(docs)])
+
+
+def load_yaml(text: str, source: str = "<yaml>") -> list[Resource]:
+    """Parse a multi-document YAML string."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as err:
+        raise ManifestError([f"{source}: not valid YAML: {err}"]) from None
+    return load_manifests(docs, source)
+
+
+def load_paths(paths: Iterable[str | Path]) -> list[Resource]:
+    """Load YAML files, or every ``*.yaml``/``*.yml`` file of a directory (sorted)."""
+    problems: list[str] = []
+    docs: list[tuple[Any, str]] = []
+    for p in paths:
+        path = Path(p)
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+        if path.is_dir() and not files:
+            problems.append(f"{path}: directory has no *.yaml files")
+        for f in files:
+            try:
+                loaded = list(yaml.safe_load_all(f.read_text()))
+            except FileNotFoundError:
+                problems.append(f"{f}: file does not exist")
+                continue
+            except yaml.YAMLError as err:
+                problems.append(f"{f}: not valid YAML: {err}")
+                continue
+            docs.extend((d, f"{f}#{i}") for i, d in enumerate(loaded))
+    resources: list[Resource] = []
+    try:
+        resources = _load_located(docs)
+    except ManifestError as err:
+        problems.extend(err.problems)
+    if problems:
+        raise ManifestError(problems)
+    return resources
+
+
+def _load_located(docs: list[tuple[Any, str]]) -> list[Resource]:
+    problems: list[str] = []
+    out: list[Resource] = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for doc, where in docs:
+        if doc is None:
+            continue
+        try:
+            res = parse_resource(doc, where)
+        except ManifestError as err:
+            problems.extend(err.problems)
+            continue
+        key = (res.kind, res.metadata.namespace, res.metadata.name)
+        if key in seen:
+            problems.append(f'{res.kind} "{key[1]}/{key[2]}" ({where}): defined twice (first at {seen[key]})')
+            continue
+        seen[key] = where
+        out.append(res)
+    if problems:
+        raise ManifestError(problems)
+    return out

@@ -1,0 +1,39 @@
+"""Small pure helpers shared by the kind planners."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from exfm_operator.api.common import CheckpointStatus, WindowRange, WindowSpan
+from exfm_operator.planner.world import CheckpointInfo
+
+
+def spans(windows: Iterable[int]) -> list[WindowSpan]:
+    """Compress windows into ``[start, end)`` ranges: 0,1,2,5 → [0,3), [5,6)."""
+    out: list[WindowSpan] = []
+    for w in sorted(set(windows)):
+        if out and out[-1].end == w:
+            out[-1].end = w + 1
+        else:
+            out.append(WindowSpan(start=w, end=w + 1))
+    return out
+
+
+def latest(checkpoints: Iterable[CheckpointInfo]) -> CheckpointInfo | None:
+    return max(checkpoints, key=lambda c: (c.last_window, c.version), default=None)
+
+
+def checkpoint_status(ckpt: CheckpointInfo | None) -> CheckpointStatus | None:
+    if ckpt is None:
+        return None
+    return CheckpointStatus(
+        version=ckpt.version, uri=ckpt.uri, last_window=ckpt.last_window, metrics=dict(ckpt.metrics)
+    )
+
+
+def contiguous_run(start: int, available: set[int], limit: int, rng: WindowRange) -> int:
+    """How many consecutive windows from ``start`` are available and inside ``rng`` (at most ``limit``)."""
+    n = 0
+    while n < limit and (start + n) in available and rng.contains(start + n):
+        n += 1
+    return n
