@@ -22,3 +22,4 @@ lint: setup
 
 crds: setup
 	$(VENV)/bin/exfm crds --out crds
+	./scripts/sync-chart-crds.sh

@@ -9,6 +9,20 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# checkov (tests/test_helm_manifests.py) gets its own venv: its pins (boto3, networkx, packaging...)
+# conflict with the training stack's.
+CHECKOV_VENV=${CHECKOV_VENV:-.venv-checkov}
+checkov_want=$(sha256sum requirements/checkov.txt | cut -d' ' -f1)
+if [ ! -x "$CHECKOV_VENV/bin/checkov" ] || [ "$(cat "$CHECKOV_VENV/.exfm-setup" 2>/dev/null)" != "$checkov_want" ]; then
+  echo "setup: installing checkov into $CHECKOV_VENV..."
+  # Run from / so that `python -m` does not import the repository's operator/ as the stdlib `operator`.
+  ck_venv=$(realpath -m "$CHECKOV_VENV"); ck_reqs=$(realpath requirements/checkov.txt)
+  [ -x "$ck_venv/bin/python" ] || (cd / && "$PY" -m venv "$ck_venv")
+  (cd / && "$ck_venv/bin/python" -m pip --disable-pip-version-check -q install -r "$ck_reqs" 2>&1) \
+    | grep -v '^WARNING: Location' || true
+  "$ck_venv/bin/checkov" --version >/dev/null
+  echo "$checkov_want" > "$ck_venv/.exfm-setup"
+fi
 stamp="$VENV/.exfm-setup"
 want=$(cat requirements/*.txt pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
