@@ -1,0 +1,398 @@
+"""One-pass streaming training of an FM or a VM over time-ordered windows.
+
+For each ready window after the last committed checkpoint: read it, check its bad-row fraction,
+evaluate the current model on it (progressive validation), train on it, write its metrics, and
+commit a checkpoint every ``checkpoint_every`` windows (and after the last one). A restarted job
+resumes from the newest committed checkpoint, so a window is never trained twice and a crash
+loses at most the windows since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+import numpy as np
+import torch
+from torchrec import KeyedJaggedTensor
+
+from exfm_trainer import layout
+from exfm_trainer.data.batches import Batch, RowStats, check_bad_fraction, iter_batches
+from exfm_trainer.data.windows import DataError, iter_record_batches, list_ready_windows
+from exfm_trainer.jobs import FMTrainJob, VMTrainJob
+from exfm_trainer.models.checkpoint import (
+    build_model,
+    latest_version,
+    model_config,
+    read_checkpoint,
+    write_checkpoint,
+)
+from exfm_trainer.models.losses import fm_loss, vm_loss
+from exfm_trainer.models.vm import VerticalModel
+from exfm_trainer.storage import Storage, open_storage
+from exfm_trainer.storage.commit import read_manifest
+from exfm_trainer.train import distributed as D
+from exfm_trainer.train.retention import apply_retention
+
+Kind = Literal["fm", "vm"]
+
+
+class TrainingError(RuntimeError):
+    """The job cannot continue; the message names the artifact or setting and the fix."""
+
+
+@dataclass
+class RunResult:
+    """What one invocation did."""
+
+    trained: list[int] = field(default_factory=list)
+    empty: list[int] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    resumed_from: str | None = None
+    metrics: list[layout.WindowMetrics] = field(default_factory=list)
+    waiting_for: int | None = None
+
+
+def emit(out: TextIO | None, event: str, **fields: Any) -> None:
+    """One JSON line of progress (the control plane tails these)."""
+    if out is not None:
+        out.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        out.flush()
+
+
+def windows_to_train(
+    ready: list[int], job: FMTrainJob | VMTrainJob, last: int
+) -> tuple[list[int], int | None]:
+    """The contiguous run of ready windows to train now, and the window it waits for (if any).
+
+    After a checkpoint the next window must be ``last + 1``; a fresh job starts at the first ready
+    window in range. Windows are never skipped over, so time order holds.
+    """
+    cands = [w for w in ready if job.windows.contains(w) and w > last]
+    expected = last + 1 if last >= 0 else (cands[0] if cands else job.windows.start)
+    run: list[int] = []
+    for w in cands:
+        if w != expected:
+            break
+        run.append(w)
+        expected += 1
+    waiting = expected if job.windows.contains(expected) else None
+    return run, waiting
+
+
+class StreamingTrainer:
+    """Trains one FM or VM job over its windows (see module docstring)."""
+
+    def __init__(
+        self,
+        job: FMTrainJob | VMTrainJob,
+        ctx: D.DistContext | None = None,
+        out: TextIO | None = sys.stdout,
+        on_window_done: Callable[[int], None] | None = None,
+    ) -> None:
+        self.job = job
+        self.kind: Kind = "fm" if isinstance(job, FMTrainJob) else "vm"
+        self.ctx = ctx or D.DistContext(0, 1, D.resolve_device(job.device))
+        self.out = out if self.ctx.is_main else None
+        self.on_window_done = on_window_done
+        self.storage: Storage = open_storage(job.storage)
+        self.schema = job.dataset.feature_schema
+        distill = job.distillation if isinstance(job, VMTrainJob) else None
+        self.config = model_config(self.kind, self.schema, job.preset, distill)
+        self.with_fm_logit = distill is not None and distill.mode != "none"
+        torch.manual_seed(job.seed)
+        mode = "sharded" if self.ctx.distributed else "fused"
+        raw = build_model(self.config, mode, job.optim.embedding_lr, self.ctx.device)
+        self.model = D.wrap_model(raw, self.ctx) if self.ctx.distributed else raw
+        dense = sorted(
+            ((n, p) for n, p in self.model.named_parameters() if not n.startswith("sparse.")),
+            key=lambda item: item[0],
+        )
+        self.dense_optim = torch.optim.Adam(
+            [p for _, p in dense], lr=job.optim.dense_lr, weight_decay=job.optim.weight_decay
+        )
+        self.ckpt_parent = (
+            layout.fm_checkpoints(job.namespace, job.name)
+            if self.kind == "fm"
+            else layout.vm_checkpoints(job.namespace, job.name)
+        )
+        self.windows: list[int] = []
+        self.metrics: dict[str, layout.WindowMetrics] = {}
+        self.das_windows: list[int] = []
+        self.fm_versions: list[str] = []
+        self.empty_windows: list[int] = []
+
+    # ---- resume --------------------------------------------------------------------------------
+
+    def resume(self) -> str | None:
+        """Load the newest committed checkpoint, if any; returns its version."""
+        version = latest_version(self.storage, self.ckpt_parent)
+        if version is None:
+            return None
+        prefix = f"{self.ckpt_parent}/{version}"
+        state, config, manifest = read_checkpoint(self.storage, prefix)
+        if config != self.config:
+            raise TrainingError(
+                f"checkpoint {self.storage.uri(prefix)} was written for another model "
+                f"(preset/schema/distillation differ: {config.get('preset')!r} vs {self.job.preset!r}); "
+                "use a new job name or delete the old checkpoints"
+            )
+        D.load_full_state(self.model, state)
+        if state.get("dense_optim"):
+            self.dense_optim.load_state_dict(state["dense_optim"])
+        self.windows = list(manifest.windows)
+        self.metrics = dict(manifest.metrics)
+        self.das_windows = list(manifest.das_windows)
+        self.fm_versions = list(manifest.fm_versions)
+        self.empty_windows = list(getattr(manifest, "empty_windows", None) or [])
+        return version
+
+    # ---- main loop -----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        result = RunResult(resumed_from=self.resume())
+        last = max(self.windows) if self.windows else -1
+        ready = list_ready_windows(self.job.dataset.uri)
+        todo, waiting = windows_to_train(ready, self.job, last)
+        emit(
+            self.out,
+            "start",
+            job=self.kind,
+            name=self.job.name,
+            resumed_from=result.resumed_from,
+            windows=todo,
+            world_size=self.ctx.world_size,
+            device=str(self.ctx.device),
+        )
+        since_ckpt = 0
+        for i, window in enumerate(todo):
+            metrics = self.process_window(window)
+            result.metrics.append(metrics)
+            (result.empty if metrics.rows == 0 else result.trained).append(window)
+            since_ckpt += 1
+            if since_ckpt >= self.job.checkpoint_every or i == len(todo) - 1:
+                result.checkpoints.append(self.checkpoint())
+                since_ckpt = 0
+            if self.on_window_done is not None:
+                self.on_window_done(window)
+        result.waiting_for = waiting
+        emit(
+            self.out,
+            "done",
+            trained=result.trained,
+            empty=result.empty,
+            waiting_for=waiting,
+            last_window=max(self.windows) if self.windows else None,
+        )
+        return result
+
+    def _load_window(self, window: int) -> tuple[list[Batch], RowStats]:
+        stats = RowStats()
+        vertical = self.job.vertical if isinstance(self.job, VMTrainJob) else None
+        batches = [
+            b.to(self.ctx.device) if self.ctx.device.type != "cpu" else b
+            for b in iter_batches(
+                self.job.dataset,
+                window,
+                self.job.batch_size,
+                rank=self.ctx.rank,
+                world_size=self.ctx.world_size,
+                vertical=vertical,
+                with_fm_logit=self.with_fm_logit,
+                stats=stats,
+            )
+        ]
+        return batches, stats
+
+    def process_window(self, window: int) -> layout.WindowMetrics:
+        batches, local = self._load_window(window)
+        reasons = sorted(local.skipped_by_reason)
+        counts = D.all_reduce_ints(
+            [local.rows_read, local.rows_used, *(local.skipped_by_reason[r] for r in reasons)], self.ctx
+        )
+        (max_batches,) = D.all_reduce_ints([len(batches)], self.ctx, op="max")
+        stats = RowStats(rows_read=counts[0], rows_used=counts[1])
+        stats.skipped_by_reason = dict(zip(reasons, counts[2:], strict=True))
+        check_bad_fraction(stats, self.job.max_bad_row_fraction, window)
+        used, skipped = stats.rows_used, stats.rows_skipped
+        if used == 0:
+            metrics = layout.WindowMetrics(window=window, rows=0, skipped_rows=skipped)
+            self.empty_windows.append(window)
+            self._finish_window(window, metrics, empty=True)
+            return metrics
+        steps = self._pad(batches, max_batches)
+        logits, labels = self._evaluate(steps)
+        start = time.perf_counter()
+        self._train(steps)
+        elapsed = time.perf_counter() - start
+        gathered = D.gather_objects((logits, labels), self.ctx)
+        all_logits = np.concatenate([g[0] for g in gathered])
+        all_labels = np.concatenate([g[1] for g in gathered])
+        from exfm_trainer.train.metrics import window_metrics
+
+        metrics = window_metrics(
+            window,
+            all_logits,
+            all_labels,
+            skipped_rows=skipped,
+            samples_per_s=used / elapsed if elapsed > 0 else None,
+        )
+        self._finish_window(window, metrics, empty=False)
+        return metrics
+
+    def _finish_window(self, window: int, metrics: layout.WindowMetrics, empty: bool) -> None:
+        self.windows.append(window)
+        self.metrics[str(window)] = metrics
+        if self.kind == "vm":
+            self._record_lineage(window)
+        if self.ctx.is_main:
+            key = layout.metrics_key(self.kind, self.job.namespace, self.job.name, window)
+            self.storage.put_bytes(key, metrics.model_dump_json(indent=2).encode())
+        emit(
+            self.out,
+            "window",
+            window=window,
+            rows=metrics.rows,
+            skipped=empty,
+            ne=metrics.ne,
+            auc=metrics.auc,
+            logloss=metrics.logloss,
+            calibration=metrics.calibration,
+            samples_per_s=metrics.samples_per_s,
+            skipped_rows=metrics.skipped_rows,
+        )
+
+    # ---- steps ---------------------------------------------------------------------------------
+
+    def _pad(self, batches: list[Batch], n: int) -> list[tuple[Batch, bool]]:
+        """Every rank runs ``n`` steps (DMP collectives): pad with zero-weight copies."""
+        steps = [(b, True) for b in batches]
+        filler = batches[-1] if batches else self._empty_batch()
+        while len(steps) < n:
+            steps.append((filler, False))
+        return steps
+
+    def _empty_batch(self) -> Batch:
+        dev = self.ctx.device
+        n_sparse = len(self.schema.sparse)
+        return Batch(
+            dense=torch.zeros((1, len(self.schema.dense)), device=dev),
+            sparse=KeyedJaggedTensor(
+                keys=self.schema.sparse_names,
+                values=torch.zeros(0, dtype=torch.int64, device=dev),
+                lengths=torch.zeros(n_sparse, dtype=torch.int32, device=dev),
+                stride=1,
+            ),
+            labels=torch.zeros(1, device=dev),
+            fm_logit=torch.zeros(1, device=dev) if self.with_fm_logit else None,
+        )
+
+    def _forward(self, batch: Batch) -> Any:
+        if self.kind == "fm":
+            return self.model(batch.dense, batch.sparse)
+        return self.model(batch.dense, batch.sparse, batch.fm_logit)
+
+    def _evaluate(self, steps: list[tuple[Batch, bool]]) -> tuple[np.ndarray, np.ndarray]:
+        self.model.eval()
+        logits, labels = [], []
+        with torch.no_grad():
+            for batch, real in steps:
+                out = self._forward(batch)
+                if real:
+                    logits.append(out if self.kind == "fm" else out.serving)
+                    labels.append(batch.labels)
+        self.model.train()
+        return (
+            torch.cat(logits).float().cpu().numpy(),
+            torch.cat(labels).float().cpu().numpy(),
+        )
+
+    def _train(self, steps: list[tuple[Batch, bool]]) -> None:
+        distill = self.job.distillation if isinstance(self.job, VMTrainJob) else None
+        for batch, real in steps:
+            weight = None if real else torch.zeros_like(batch.labels)
+            out = self._forward(batch)
+            if distill is None:
+                loss, _ = fm_loss(out, batch.labels, weight)
+            else:
+                loss, _ = vm_loss(out, batch.labels, batch.fm_logit, distill, weight)
+            self.dense_optim.zero_grad(set_to_none=True)
+            loss.backward()
+            self.dense_optim.step()
+
+    # ---- lineage and checkpoints ---------------------------------------------------------------
+
+    def _record_lineage(self, window: int) -> None:
+        job = self.job
+        assert isinstance(job, VMTrainJob)
+        versions: set[str] = set()
+        if job.das is not None:
+            self.das_windows.append(window)
+            prefix = layout.das_window(job.das.namespace, job.das.name, window)
+            with contextlib.suppress(FileNotFoundError, KeyError, RuntimeError):
+                versions.add(str(read_manifest(self.storage, prefix)["fm_version"]))
+        if not versions and self.ctx.is_main:
+            try:
+                for rb in iter_record_batches(job.dataset.uri, window, [layout.FM_VERSION_COLUMN]):
+                    versions.update(str(v) for v in rb.column(0).unique().to_pylist() if v is not None)
+            except DataError:
+                pass  # no fm_version column: no per-row lineage
+        self.fm_versions = sorted(set(self.fm_versions) | versions)
+
+    def checkpoint(self) -> str:
+        """Commit model + optimizer state after the last processed window (rank 0 writes)."""
+        state = D.full_state(self.model, self.ctx)
+        version = layout.version_name(max(self.windows))
+        if self.ctx.is_main:
+            assert state is not None
+            state["dense_optim"] = self.dense_optim.state_dict()
+            manifest = layout.CheckpointManifest(
+                kind="fm-checkpoint" if self.kind == "fm" else "vm-checkpoint",
+                namespace=self.job.namespace,
+                name=self.job.name,
+                version=version,
+                windows=sorted(self.windows),
+                preset=self.job.preset,
+                metrics=self.metrics,
+                das_windows=sorted(self.das_windows),
+                fm_versions=self.fm_versions,
+                empty_windows=sorted(self.empty_windows),
+                world_size=self.ctx.world_size,
+            )
+            prefix = f"{self.ckpt_parent}/{version}"
+            write_checkpoint(self.storage, prefix, state, self.config, manifest)
+            removed = apply_retention(
+                self.storage, self.kind, self.job.namespace, self.job.name, self.job.keep_checkpoints
+            )
+            emit(self.out, "checkpoint", version=version, uri=self.storage.uri(prefix), removed=removed)
+        D.barrier(self.ctx)
+        return version
+
+    def trained_vm(self) -> VerticalModel:
+        model = D.unwrap(self.model)
+        assert isinstance(model, VerticalModel)
+        return model
+
+
+def run_training(
+    job: FMTrainJob | VMTrainJob,
+    out: TextIO | None = sys.stdout,
+    on_window_done: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Run an ``fm-train`` / ``vm-train`` job (joins torchrun's process group when launched by it)."""
+    ctx = D.init_distributed(job.device)
+    try:
+        trainer = StreamingTrainer(job, ctx, out, on_window_done)
+        result = trainer.run()
+        if isinstance(job, VMTrainJob) and job.export and trainer.windows and result.checkpoints:
+            from exfm_trainer.train.serving import export_latest
+
+            export_latest(trainer, out)
+        return result
+    finally:
+        D.shutdown(ctx)
