@@ -69,6 +69,10 @@ class Storage(abc.ABC):
         names = {key[len(base) :].split("/", 1)[0] for key in self.list(base) if "/" in key[len(base) :]}
         return sorted(names)
 
+    def modified_time(self, key: str) -> float:
+        """Last-modified time of an object (epoch seconds); ``FileNotFoundError`` when missing."""
+        raise NotImplementedError(f"{type(self).__name__} does not report modification times")
+
     def uri(self, key: str = "") -> str:
         """The absolute URI of ``key``."""
         return self.root_uri.rstrip("/") + ("/" + key.lstrip("/") if key else "")

@@ -39,7 +39,15 @@ def read_manifest(storage: Storage, prefix: str) -> dict[str, Any]:
     prefix = prefix.rstrip("/")
     if not is_committed(storage, prefix):
         raise StorageError(f"{storage.uri(prefix)} is not committed (no {COMMITTED} marker)")
-    return json.loads(storage.get_bytes(f"{prefix}/{MANIFEST}"))
+    try:
+        return json.loads(storage.get_bytes(f"{prefix}/{MANIFEST}"))
+    except FileNotFoundError:
+        raise StorageError(
+            f"{storage.uri(prefix)} has a {COMMITTED} marker but no {MANIFEST}: it is being deleted "
+            "or was damaged; delete it (delete_artifact) and write it again"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise StorageError(f"{storage.uri(prefix + '/' + MANIFEST)} is not valid JSON ({err})") from None
 
 
 def list_committed(storage: Storage, parent: str) -> list[str]:
@@ -94,9 +102,28 @@ def commit_artifact(
 
 
 def verify_artifact(storage: Storage, prefix: str) -> None:
-    """Check every file of a committed artifact against its manifest's size and checksum."""
+    """Check every file of a committed artifact against its manifest's size and checksum (streamed)."""
     manifest = read_manifest(storage, prefix)
     for name, entry in manifest.get("files", {}).items():
-        data = storage.get_bytes(f"{prefix.rstrip('/')}/{name}")
-        if len(data) != entry["size"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise StorageError(f"{storage.uri(prefix + '/' + name)} does not match its manifest")
+        key = f"{prefix.rstrip('/')}/{name}"
+        digest, size = hashlib.sha256(), 0
+        try:
+            with storage.open_read(key) as fh:
+                for chunk in iter(lambda fh=fh: fh.read(8 << 20), b""):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise StorageError(f"{storage.uri(key)} is listed in the manifest but missing") from None
+        if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+            raise StorageError(f"{storage.uri(key)} does not match its manifest")
+
+
+def delete_artifact(storage: Storage, prefix: str) -> int:
+    """Delete an artifact: the marker first (readers stop seeing it), then the manifest, then the rest.
+
+    Returns how many objects remained to delete after marker and manifest.
+    """
+    prefix = prefix.rstrip("/")
+    storage.delete(f"{prefix}/{COMMITTED}")
+    storage.delete(f"{prefix}/{MANIFEST}")
+    return storage.delete_prefix(prefix + "/")

@@ -68,6 +68,12 @@ class LocalStorage(Storage):
             raise FileNotFoundError(f"{self.uri(key)} does not exist")
         return open(path, "rb")
 
+    def modified_time(self, key: str) -> float:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.uri(key)} does not exist")
+        return path.stat().st_mtime
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
