@@ -170,10 +170,10 @@ def _good_rows(
     table: pa.Table, schema: FeatureSchema, stats: Any, window: int
 ) -> tuple[pa.Table, np.ndarray]:
     """The rows that pass the data layer's bad-row policy, and their indices in ``table``."""
-    from exfm_trainer.data.batches import _drop_bad_rows  # the data layer's policy, reused as is
+    from exfm_trainer.data.batches import drop_bad_rows  # the data layer's policy, reused as is
 
     indexed = table.append_column(_ROW_INDEX, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    kept = _drop_bad_rows(indexed, schema, False, stats, window)
+    kept = drop_bad_rows(indexed, schema, False, stats, window)
     idx = kept[_ROW_INDEX].to_numpy()
     return kept.drop_columns([_ROW_INDEX]), idx
 

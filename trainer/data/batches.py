@@ -128,9 +128,13 @@ def _not_finite(arr: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.invert(pc.is_finite(arr)), False).to_numpy(zero_copy_only=False)
 
 
-def _drop_bad_rows(
+def drop_bad_rows(
     table: pa.Table, schema: FeatureSchema, with_fm_logit: bool, stats: RowStats, window: int
 ) -> pa.Table:
+    """The rows of ``table`` that pass the bad-row policy; the others are counted in ``stats``.
+
+    Public so the DAS applies exactly the policy the trainer applies.
+    """
     n = table.num_rows
     label = _float_col(table, schema.label, window)
     null_label = pc.is_null(label).to_numpy(zero_copy_only=False)
@@ -249,7 +253,7 @@ def iter_batches(
             stats.rows_other_vertical += table.num_rows - kept.num_rows
             table = kept
         stats.rows_read += table.num_rows
-        table = _drop_bad_rows(table, schema, with_fm_logit, stats, window)
+        table = drop_bad_rows(table, schema, with_fm_logit, stats, window)
         if table.num_rows == 0:
             continue
         pending.append(table)

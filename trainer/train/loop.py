@@ -36,8 +36,8 @@ from exfm_trainer.models.losses import fm_loss, vm_loss
 from exfm_trainer.models.vm import VerticalModel
 from exfm_trainer.storage import Storage, open_storage
 from exfm_trainer.storage.commit import read_manifest
+from exfm_trainer.storage.retention import gc_checkpoints
 from exfm_trainer.train import distributed as D
-from exfm_trainer.train.retention import apply_retention
 
 Kind = Literal["fm", "vm"]
 
@@ -366,7 +366,7 @@ class StreamingTrainer:
             )
             prefix = f"{self.ckpt_parent}/{version}"
             write_checkpoint(self.storage, prefix, state, self.config, manifest)
-            removed = apply_retention(
+            removed = gc_checkpoints(
                 self.storage, self.kind, self.job.namespace, self.job.name, self.job.keep_checkpoints
             )
             emit(self.out, "checkpoint", version=version, uri=self.storage.uri(prefix), removed=removed)
