@@ -1,0 +1,176 @@
+"""Materialise the datasets a local run reads, before any job starts.
+
+Sources, in order: ``Dataset`` documents (an import, synthetic parameters, or an existing root) and
+every ``spec.dataset.synthetic`` of a FoundationModel/DataAugmentation not covered by one. The
+work runs in a subprocess (``python -m exfm_trainer synth|import``) so this process never imports
+the training stack. Both are idempotent: a re-run keeps windows that are already complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exfm_operator.local.manifests import Bundle, DatasetDoc
+from exfm_operator.local.progress import Reporter
+from exfm_trainer.schema import FeatureSchema
+from exfm_trainer.storage import open_storage
+
+IMPORT_MARKER = "_IMPORTED.json"
+
+
+class DatasetError(RuntimeError):
+    """A dataset could not be materialised; the message names the dataset and the cause."""
+
+
+@dataclass(frozen=True)
+class DatasetTask:
+    """One dataset to make ready: ``source`` is ``synthetic``, ``import`` or ``existing``."""
+
+    label: str
+    uri: str
+    source: str
+    synthetic: dict[str, Any] | None = None
+    import_path: Path | None = None
+    import_options: dict[str, Any] | None = None
+    schema: FeatureSchema | None = None
+
+
+def plan_datasets(bundle: Bundle) -> list[DatasetTask]:
+    """The datasets of a (localized) bundle, one task per distinct URI."""
+    tasks: dict[str, DatasetTask] = {}
+    schemas: dict[str, FeatureSchema] = {}
+    for res in bundle.resources:
+        ds = getattr(res.spec, "dataset", None)
+        if ds is not None and ds.feature_schema is not None:
+            schemas.setdefault(ds.uri.rstrip("/"), ds.feature_schema)
+    for doc in bundle.datasets:
+        tasks[doc.spec.uri.rstrip("/")] = _doc_task(doc, schemas)
+    for res in bundle.resources:
+        ds = getattr(res.spec, "dataset", None)
+        if ds is None or ds.synthetic is None or ds.uri.rstrip("/") in tasks:
+            continue
+        label = f"{res.kind} {res.metadata.name} spec.dataset"
+        tasks[ds.uri.rstrip("/")] = DatasetTask(
+            label=label, uri=ds.uri, source="synthetic", synthetic=ds.synthetic
+        )
+    return list(tasks.values())
+
+
+def _doc_task(doc: DatasetDoc, schemas: dict[str, FeatureSchema]) -> DatasetTask:
+    label = f'Dataset "{doc.metadata.name}"'
+    spec = doc.spec
+    if spec.synthetic is not None:
+        return DatasetTask(label=label, uri=spec.uri, source="synthetic", synthetic=spec.synthetic)
+    if spec.import_ is not None:
+        schema = spec.feature_schema or schemas.get(spec.uri.rstrip("/"))
+        if schema is None:
+            raise DatasetError(
+                f"{label}: spec.schema is not set and no FoundationModel/DataAugmentation reads "
+                f"{spec.uri} with a schema; set spec.schema (with a `timestamp` column)"
+            )
+        imp = spec.import_
+        options = {"window_seconds": imp.window_seconds, "origin": imp.origin, "format": imp.format}
+        return DatasetTask(
+            label=label,
+            uri=spec.uri,
+            source="import",
+            import_path=(Path(doc.source_dir) / imp.path).resolve(),
+            import_options=options,
+            schema=schema,
+        )
+    return DatasetTask(label=label, uri=spec.uri, source="existing")
+
+
+def _ready_windows(uri: str) -> list[int]:
+    from exfm_trainer.data.windows import list_ready_windows
+
+    return list_ready_windows(open_storage(uri))
+
+
+def _run(argv: list[str], label: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "exfm_trainer", *argv], capture_output=True, text=True, env=os.environ.copy()
+    )
+    if proc.returncode != 0:
+        err = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()
+        raise DatasetError(f"{label}: {' '.join(argv[:1])} failed: {' | '.join(err[-5:])}")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        return {}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _synthesize(task: DatasetTask, reporter: Reporter) -> None:
+    assert task.synthetic is not None
+    windows = task.synthetic.get("windows", "?")
+    reporter.event("dataset_generating", name=task.label, windows=windows, uri=task.uri)
+    with tempfile.TemporaryDirectory(prefix="exfm-synth-") as tmp:
+        cfg = Path(tmp) / "synthetic.json"
+        cfg.write_text(json.dumps(task.synthetic))
+        _run(["synth", "--out", task.uri, "--config", str(cfg)], task.label)
+
+
+def _import(task: DatasetTask, reporter: Reporter) -> None:
+    assert task.import_path is not None and task.schema is not None and task.import_options is not None
+    storage = open_storage(task.uri)
+    marker = {
+        "source": str(task.import_path),
+        "sha256": _sha256(task.import_path),
+        "options": task.import_options,
+        "schema": task.schema.model_dump(mode="json"),
+    }
+    if storage.exists(IMPORT_MARKER):
+        if json.loads(storage.get_bytes(IMPORT_MARKER)) == marker:
+            return
+        raise DatasetError(
+            f"{task.label}: {task.uri} already holds windows imported from another file or with other "
+            "options; use a new spec.uri, or delete that folder to re-import"
+        )
+    reporter.event("dataset_importing", name=task.label, source=str(task.import_path))
+    opts = task.import_options
+    with tempfile.TemporaryDirectory(prefix="exfm-import-") as tmp:
+        schema_file = Path(tmp) / "schema.json"
+        schema_file.write_text(task.schema.model_dump_json())
+        argv = ["import", "table", "--input", str(task.import_path), "--out", task.uri]
+        argv += ["--schema", str(schema_file), "--window-seconds", str(opts["window_seconds"]), "--overwrite"]
+        if opts.get("origin") is not None:
+            argv += ["--origin", str(opts["origin"])]
+        if opts.get("format"):
+            argv += ["--format", str(opts["format"])]
+        _run(argv, task.label)
+    storage.put_bytes(IMPORT_MARKER, json.dumps(marker, indent=1, sort_keys=True).encode())
+
+
+def materialise(bundle: Bundle, reporter: Reporter) -> dict[str, list[int]]:
+    """Make every dataset of the bundle ready; returns its ready windows by URI."""
+    ready: dict[str, list[int]] = {}
+    for task in plan_datasets(bundle):
+        if task.source == "synthetic":
+            _synthesize(task, reporter)
+        elif task.source == "import":
+            _import(task, reporter)
+        windows = _ready_windows(task.uri)
+        if not windows:
+            raise DatasetError(
+                f"{task.label}: no ready windows (window=NNNNN/ with _SUCCESS) at {task.uri}; "
+                "write the data there first or add spec.import / spec.synthetic"
+            )
+        reporter.event("dataset_ready", name=task.label, windows=len(windows), uri=task.uri)
+        ready[task.uri] = windows
+    return ready

@@ -1,0 +1,274 @@
+"""Manifest loading glue for local mode: the operator's API models, plus local ``Dataset`` documents.
+
+``exfm run -f`` takes the same multi-document YAML a user applies to a cluster. FoundationModel,
+DataAugmentation and VerticalModel documents are validated by :mod:`exfm_operator.api` (the models
+the operator uses). One more kind, ``Dataset`` (same apiVersion), is understood by the local runner
+only: it names a window root (``spec.uri``) to materialise before the pipeline starts, from a CSV/
+Parquet import (``spec.import``), synthetic generator parameters (``spec.synthetic``) or nothing
+(an existing root). Cross-references (``fmRef``, ``dasRef``) are checked here too, because a local
+run has no API server to wait on. Every problem gets one message; nothing starts when any exists.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from exfm_operator.api import (
+    API_VERSION,
+    KINDS,
+    ApiModel,
+    DataAugmentation,
+    FoundationModel,
+    ManifestError,
+    ObjectMeta,
+    Resource,
+    VerticalModel,
+    parse_resource,
+)
+from exfm_operator.api.load import validation_problems
+from exfm_trainer.schema import FeatureSchema
+
+DATASET_KIND = "Dataset"
+ORDER = {"FoundationModel": 0, "DataAugmentation": 1, "VerticalModel": 2}
+
+
+class ImportSpec(ApiModel):
+    """Import a local table file into windows by event time (``python -m exfm_trainer import table``)."""
+
+    path: str = Field(min_length=1, description="CSV/TSV/Parquet file, relative to the manifest file.")
+    format: Literal["csv", "tsv", "parquet"] | None = Field(default=None, description="Default: by suffix.")
+    window_seconds: int = Field(default=86_400, ge=1, description="Window length in seconds.")
+    origin: int | None = Field(default=None, description="Start of window 0 (epoch s); default: earliest.")
+
+
+class DatasetDocSpec(ApiModel):
+    uri: str = Field(min_length=1, description="Root of the window folders (rebased like every URI).")
+    feature_schema: FeatureSchema | None = Field(default=None, alias="schema")
+    import_: ImportSpec | None = Field(default=None, alias="import")
+    synthetic: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetDocSpec:
+        if self.import_ is not None and self.synthetic is not None:
+            raise ValueError("set at most one of `import` and `synthetic`")
+        return self
+
+
+class DatasetDoc(ApiModel):
+    """A local-only document: a dataset the runner materialises before the pipeline starts."""
+
+    api_version: Literal["exfm.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["Dataset"] = DATASET_KIND
+    metadata: ObjectMeta
+    spec: DatasetDocSpec
+    source_dir: str = Field(default=".", exclude=True, description="Folder of the manifest file.")
+
+
+@dataclass
+class Bundle:
+    """Validated resources (in FM, DAS, VM order) and local dataset documents."""
+
+    resources: list[Resource] = field(default_factory=list)
+    datasets: list[DatasetDoc] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[Any]:
+        return [r for r in self.resources if r.kind == kind]
+
+    def find(self, kind: str, namespace: str, name: str) -> Any:
+        return next(
+            (
+                r
+                for r in self.resources
+                if r.kind == kind and r.metadata.namespace == namespace and r.metadata.name == name
+            ),
+            None,
+        )
+
+
+def _files(paths: list[str | Path], problems: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+            if not found:
+                problems.append(f"{path}: directory has no *.yaml files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file or directory")
+    return files
+
+
+def _parse_dataset(doc: dict[str, Any], where: str, source_dir: Path) -> DatasetDoc:
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    label = f'Dataset "{name}" ({where})' if name else f"Dataset (unnamed) ({where})"
+    if doc.get("apiVersion") != API_VERSION:
+        raise ManifestError([f"{label}: apiVersion: expected {API_VERSION!r}, got {doc.get('apiVersion')!r}"])
+    try:
+        obj = DatasetDoc.model_validate(doc)
+    except ValidationError as err:
+        raise ManifestError(validation_problems(err, label)) from None
+    obj.source_dir = str(source_dir.resolve())
+    return obj
+
+
+def check_references(bundle: Bundle) -> list[str]:
+    """One problem per ``fmRef``/``dasRef`` naming no resource of the bundle, and per bad dataset."""
+    problems = []
+    for das in bundle.of_kind("DataAugmentation"):
+        ns = das.metadata.namespace
+        if bundle.find("FoundationModel", ns, das.spec.fm_ref.name) is None:
+            problems.append(
+                f'DataAugmentation "{ns}/{das.metadata.name}": spec.fmRef.name: FoundationModel '
+                f'"{das.spec.fm_ref.name}" is not defined in namespace "{ns}" by these manifests; '
+                "add it or fix the name"
+            )
+    for vm in bundle.of_kind("VerticalModel"):
+        ns = vm.metadata.namespace
+        if bundle.find("DataAugmentation", ns, vm.spec.das_ref.name) is None:
+            problems.append(
+                f'VerticalModel "{ns}/{vm.metadata.name}": spec.dasRef.name: DataAugmentation '
+                f'"{vm.spec.das_ref.name}" is not defined in namespace "{ns}" by these manifests; '
+                "add it or fix the name"
+            )
+    for ds in bundle.datasets:
+        if ds.spec.import_ is not None:
+            src = Path(ds.source_dir) / ds.spec.import_.path
+            if not src.is_file():
+                problems.append(
+                    f'Dataset "{ds.metadata.name}": spec.import.path: file {src} does not exist '
+                    "(paths are relative to the manifest file)"
+                )
+        if ds.spec.synthetic is not None:
+            problems.extend(
+                synthetic_problems(ds.spec.synthetic, f'Dataset "{ds.metadata.name}": spec.synthetic')
+            )
+    if not bundle.resources and not bundle.datasets:
+        problems.append("no FoundationModel, DataAugmentation, VerticalModel or Dataset documents found")
+    return problems
+
+
+def synthetic_problems(params: dict[str, Any], label: str) -> list[str]:
+    """Validate synthetic generator parameters with the generator's own config model (numpy only)."""
+    from exfm_trainer.data.synthetic import SyntheticConfig
+
+    try:
+        SyntheticConfig.model_validate(params)
+    except ValidationError as err:
+        return validation_problems(err, label)
+    return []
+
+
+def load_bundle(paths: list[str | Path]) -> Bundle:
+    """Load and validate files/directories; raises :class:`ManifestError` listing every problem."""
+    problems: list[str] = []
+    bundle = Bundle()
+    seen: dict[tuple[str, str, str], str] = {}
+    for f in _files(paths, problems):
+        try:
+            docs = list(yaml.safe_load_all(f.read_text()))
+        except yaml.YAMLError as err:
+            problems.append(f"{f}: not valid YAML: {err}")
+            continue
+        for i, doc in enumerate(docs):
+            if doc is None:
+                continue
+            where = f"{f}#{i}"
+            try:
+                if isinstance(doc, dict) and doc.get("kind") == DATASET_KIND:
+                    obj: Any = _parse_dataset(doc, where, f.parent)
+                elif isinstance(doc, dict) and doc.get("kind") not in KINDS:
+                    kinds = ", ".join([*KINDS, DATASET_KIND])
+                    raise ManifestError(
+                        [f"{where}: unknown kind {doc.get('kind')!r}; expected one of {kinds}"]
+                    )
+                else:
+                    obj = parse_resource(doc, where)
+            except ManifestError as err:
+                problems.extend(err.problems)
+                continue
+            key = (obj.kind, obj.metadata.namespace, obj.metadata.name)
+            if key in seen:
+                problems.append(
+                    f'{obj.kind} "{key[1]}/{key[2]}" ({where}): defined twice (first at {seen[key]})'
+                )
+                continue
+            seen[key] = where
+            if isinstance(obj, DatasetDoc):
+                bundle.datasets.append(obj)
+            else:
+                bundle.resources.append(obj)
+    if not problems:
+        problems.extend(check_references(bundle))
+    if problems:
+        raise ManifestError(problems)
+    bundle.resources.sort(key=lambda r: (ORDER[r.kind], r.metadata.namespace, r.metadata.name))
+    return bundle
+
+
+# ------------------------------------------------------------------------------------- local URIs
+
+
+def local_uri(uri: str, root: str | None) -> str:
+    """Where ``uri`` lives in a local run rooted at ``root`` (None: the manifests' URIs as they are).
+
+    ``s3://bucket/path`` → ``<root>/bucket/path``; a relative path → ``<root>/path``; an absolute
+    path or ``file://`` URI is kept (the user asked for exactly that place).
+    """
+    if root is None:
+        return uri
+    if uri.startswith("file://") or uri.startswith("/"):
+        return uri
+    rest = uri[len("s3://") :] if uri.startswith("s3://") else uri
+    return f"{root.rstrip('/')}/{rest.strip('/')}"
+
+
+def local_uid(kind: str, namespace: str, name: str) -> str:
+    """A stable uid per resource, so a re-run finds the jobs (owner labels) of the previous run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"exfm-local/{kind}/{namespace}/{name}"))
+
+
+def _rebase_dataset(ds: dict[str, Any] | None, root: str | None) -> None:
+    if ds is not None:
+        ds["uri"] = local_uri(ds["uri"], root)
+
+
+def localize(bundle: Bundle, root: str | None) -> Bundle:
+    """A copy with every storage/dataset URI rebased under ``root`` and local uids/generations set."""
+    resources: list[Resource] = []
+    for res in bundle.resources:
+        doc = res.to_json()
+        spec = doc["spec"]
+        if res.kind == "FoundationModel":
+            spec["storage"]["uri"] = local_uri(spec["storage"]["uri"], root)
+            _rebase_dataset(spec["dataset"], root)
+        elif res.kind == "DataAugmentation":
+            _rebase_dataset(spec.get("dataset"), root)
+            if spec.get("output"):
+                spec["output"]["uri"] = local_uri(spec["output"]["uri"], root)
+        elif res.kind == "VerticalModel" and spec.get("storage"):
+            spec["storage"]["uri"] = local_uri(spec["storage"]["uri"], root)
+        doc["metadata"]["uid"] = local_uid(res.kind, res.metadata.namespace, res.metadata.name)
+        doc["metadata"]["generation"] = doc["metadata"].get("generation") or 1
+        doc.pop("status", None)
+        resources.append(KINDS[res.kind].model_validate(doc))
+    datasets = []
+    for ds in bundle.datasets:
+        copy = ds.model_copy(deep=True)
+        copy.spec.uri = local_uri(ds.spec.uri, root)
+        datasets.append(copy)
+    return Bundle(resources=resources, datasets=datasets)
+
+
+def resource_label(res: FoundationModel | DataAugmentation | VerticalModel | DatasetDoc) -> str:
+    short = {"FoundationModel": "fm", "DataAugmentation": "das", "VerticalModel": "vm", "Dataset": "dataset"}
+    return f"{short[res.kind]}/{res.metadata.name}"

@@ -1,0 +1,194 @@
+"""Real tiny `exfm run`s (TorchX local_cwd jobs): interrupt with SIGINT midway, re-run, nothing redone."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exfm_trainer import layout
+from exfm_trainer.storage import open_storage
+from exfm_trainer.storage.commit import list_committed, read_manifest
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = """\
+apiVersion: exfm.io/v1alpha1
+kind: FoundationModel
+metadata: {name: teacher}
+spec:
+  dataset:
+    uri: s3://exfm/data
+    synthetic: {windows: 4, rows_per_window: 2000, verticals: 2, seed: 3}
+  storage: {uri: s3://exfm/run}
+  preset: tiny
+  windows: {end: 4}
+  cadence: {windowsPerJob: 1}
+  retention: {keepCheckpoints: 10}
+  training: {batchSize: 512}
+---
+apiVersion: exfm.io/v1alpha1
+kind: DataAugmentation
+metadata: {name: augment}
+spec:
+  fmRef: {name: teacher}
+  maxStaleness: 0
+  windows: {end: 4}
+  cadence: {windowsPerJob: 1}
+---
+apiVersion: exfm.io/v1alpha1
+kind: VerticalModel
+metadata: {name: feed}
+spec:
+  dasRef: {name: augment}
+  vertical: feed
+  preset: tiny
+  windows: {end: 4}
+  cadence: {windowsPerJob: 3}
+  distillation: {mode: aux, adapter: true}
+  training: {batchSize: 256}
+---
+apiVersion: exfm.io/v1alpha1
+kind: VerticalModel
+metadata: {name: feed-baseline}
+spec:
+  dasRef: {name: augment}
+  vertical: feed
+  preset: tiny
+  windows: {end: 4}
+  cadence: {windowsPerJob: 3}
+  distillation: {mode: none}
+  training: {batchSize: 256}
+"""
+
+
+def _exfm(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from exfm_operator.cli import main; main()", *args]
+
+
+def _committed(run: object) -> dict[str, float]:
+    """Every committed FM/VM checkpoint and DAS window -> its commit time."""
+    out = {}
+    parents = [
+        layout.fm_checkpoints("default", "teacher"),
+        layout.das_output("default", "augment"),
+        layout.vm_checkpoints("default", "feed"),
+        layout.vm_checkpoints("default", "feed-baseline"),
+    ]
+    for parent in parents:
+        for name in list_committed(run, parent):  # type: ignore[arg-type]
+            out[f"{parent}/{name}"] = read_manifest(run, f"{parent}/{name}")["committed_at"]  # type: ignore[arg-type]
+    return out
+
+
+def _live_members(groups: set[int]) -> list[int]:
+    """Processes (not zombies) whose process group is one of ``groups``."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            live.append(int(stat.parent.name))
+    return live
+
+
+def _jobs(workdir: Path) -> dict[str, dict]:
+    return json.loads((workdir / "jobs" / "jobs.json").read_text())
+
+
+def test_interrupt_then_resume_redoes_no_committed_window(tmp_path: Path) -> None:
+    manifests = tmp_path / "pipeline.yaml"
+    manifests.write_text(PIPELINE)
+    workdir = tmp_path / "wd"
+    args = _exfm("run", "-f", str(manifests), "--workdir", str(workdir), "--json", "--poll", "0.5")
+    fm_ckpts = workdir / "storage" / "exfm" / "run" / layout.fm_checkpoints("default", "teacher")
+    with open(tmp_path / "first.jsonl", "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while not (fm_ckpts / "00001" / "_COMMITTED").exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the FM never committed window 1"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    events = [json.loads(line) for line in (tmp_path / "first.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "interrupted" for e in events)
+    summary = next(e for e in events if e["event"] == "summary")
+    assert summary["exit_code"] == 130
+    assert summary["resources"]["fm/teacher"]["phase"] == "Suspended"
+
+    # Every job is finished: cancelled jobs are marked, no process of any job group is left running.
+    jobs = _jobs(workdir)
+    groups = {pid for record in jobs.values() for pid in record["pids"]}
+    deadline = time.monotonic() + 10
+    while _live_members(groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _live_members(groups)
+    assert any(r["cancelled"] for r in jobs.values()), "the active FM job was not cancelled"
+
+    run = open_storage(workdir / "storage" / "exfm" / "run")
+    before = _committed(run)
+    assert f"{layout.fm_checkpoints('default', 'teacher')}/00001" in before
+    resumed_at = time.time()
+
+    second = subprocess.run(
+        _exfm("run", "-f", str(manifests), "--workdir", str(workdir), "--quiet", "--poll", "0.5"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == ""  # --quiet prints nothing but errors
+
+    after = _committed(run)
+    for key, committed_at in before.items():
+        assert after[key] == committed_at, f"{key} was rewritten by the re-run"
+    assert sorted(list_committed(run, layout.fm_checkpoints("default", "teacher"))) == [
+        "00000", "00001", "00002", "00003",
+    ]  # fmt: skip
+    das_windows = [
+        layout.parse_window_dir(n) for n in list_committed(run, layout.das_output("default", "augment"))
+    ]
+    assert das_windows == [1, 2, 3]
+
+    # No job of the re-run started at a window that was already committed.
+    done_fm = {int(k.rsplit("/", 1)[1]) for k in before if k.startswith("fm/")}
+    done_das = {layout.parse_window_dir(k.rsplit("/", 1)[1]) for k in before if k.startswith("das/")}
+    new = [r for r in _jobs(workdir).values() if r["submitted_at"] >= resumed_at]
+    assert new, "the re-run submitted nothing"
+    for r in new:
+        start = int(r["labels"]["exfm.io/window-start"])
+        if r["kind"] == "fm-train":
+            assert start > max(done_fm)
+        if r["kind"] == "das":
+            assert start not in done_das
+    fm_jobs = [r for r in _jobs(workdir).values() if r["kind"] == "fm-train" and not r["cancelled"]]
+    fm_windows = sorted(int(r["labels"]["exfm.io/window-start"]) for r in fm_jobs)
+    assert len(fm_windows) == len(set(fm_windows)), f"an FM window range ran twice: {fm_windows}"
+
+    status = subprocess.run(
+        _exfm("status", "--workdir", str(workdir), "-o", "json"), capture_output=True, text=True
+    )
+    phases = {r["name"]: r["phase"] for r in json.loads(status.stdout)}
+    assert phases == dict.fromkeys(["teacher", "augment", "feed", "feed-baseline"], "Succeeded")
+
+    report = subprocess.run(
+        _exfm("report", "--workdir", str(workdir), "--json"), capture_output=True, text=True
+    )
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert set(data) == {"vms", "fm"}
+    assert set(data["vms"]) == {"feed"}
+    assert data["vms"]["feed"]["windows"] == 3
+    assert isinstance(data["vms"]["feed"]["exfm_ne"], float) and isinstance(
+        data["vms"]["feed"]["baseline_ne"], float
+    )
+    assert data["fm"]["teacher"]["windows"] == 4
