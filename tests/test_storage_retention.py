@@ -65,3 +65,24 @@ def test_stale_uncommitted_leftovers_are_removed_after_grace(storage: Storage) -
     later = time.time() + 7200
     assert gc_checkpoints(storage, "fm", "ns", "fm", keep=3, grace_s=3600, now=later) == ["00001"]
     assert list_committed(storage, CKPT) == ["00000"]
+
+
+def test_young_checkpoints_survive_until_a_consumer_can_lease_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A backlog: the FM commits faster than the DAS starts; min_age_s keeps the old versions."""
+    from exfm_trainer import layout
+    from exfm_trainer.storage.commit import commit_artifact, list_committed
+    from exfm_trainer.storage.local import LocalStorage
+    from exfm_trainer.storage.retention import gc_checkpoints
+
+    st = LocalStorage(tmp_path)
+    parent = layout.fm_checkpoints("ns", "fm")
+    for v in ("00000", "00001", "00002", "00003"):
+        commit_artifact(st, f"{parent}/{v}", {"model.pt": b"x"}, {"kind": "fm-checkpoint"})
+    assert gc_checkpoints(st, "fm", "ns", "fm", keep=1, min_age_s=600) == []
+    assert list_committed(st, parent) == ["00000", "00001", "00002", "00003"]
+    later = __import__("time").time() + 601
+    assert gc_checkpoints(st, "fm", "ns", "fm", keep=1, min_age_s=600, now=later) == [
+        "00000",
+        "00001",
+        "00002",
+    ]

@@ -34,7 +34,7 @@ def _events(text: str) -> list[dict]:
 
 def test_fm_stream_metrics_checkpoints_and_inference_api(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path / "data", range(4), rows=300)
-    job = parse_job(fm_job(tmp_path, ds, keep_checkpoints=2))
+    job = parse_job(fm_job(tmp_path, ds, keep_checkpoints=2, retention_min_age_s=0))
     result = run_training(job, out=None)
     assert result.trained == [0, 1, 2, 3] and result.waiting_for == 4
     st = open_storage(job.storage)

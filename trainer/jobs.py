@@ -68,6 +68,12 @@ class _JobBase(_Strict):
     device: Device = "auto"
     checkpoint_every: int = Field(default=1, ge=1, description="Windows between checkpoints.")
     keep_checkpoints: int = Field(default=3, ge=1, description="Retention: newest K checkpoints.")
+    retention_min_age_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="Retention never removes a checkpoint younger than this, so a consumer (the DAS) "
+        "has time to lease the version it needs after it is committed.",
+    )
     max_bad_row_fraction: float = Field(
         default=0.01,
         ge=0,

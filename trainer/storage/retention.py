@@ -25,7 +25,7 @@ from typing import Literal
 
 from exfm_trainer.layout import model_root, pins_key
 from exfm_trainer.storage.base import Storage, StorageError
-from exfm_trainer.storage.commit import delete_artifact, is_committed
+from exfm_trainer.storage.commit import COMMITTED, delete_artifact, is_committed
 
 log = logging.getLogger(__name__)
 Kind = Literal["fm", "vm"]
@@ -179,11 +179,15 @@ def gc_checkpoints(
     extra_pins: Iterable[str] = (),
     grace_s: float = DEFAULT_GRACE_S,
     now: float | None = None,
+    min_age_s: float = 0.0,
 ) -> list[str]:
     """Delete checkpoints of ``kind/namespace/name`` beyond the newest ``keep`` committed ones.
 
-    Kept: the newest ``keep`` committed versions, ``PINS.json``, unexpired leases and
-    ``extra_pins`` (e.g. the version a caller is about to resume from). Uncommitted leftovers
+    Kept: the newest ``keep`` committed versions, ``PINS.json``, unexpired leases,
+    ``extra_pins`` (e.g. the version a caller is about to resume from) and versions committed
+    less than ``min_age_s`` ago: a consumer (the DAS) leases the version it reads when its job
+    starts, and ``min_age_s`` covers the time between the commit and that lease, so a backlog of
+    windows never loses the only checkpoint old enough for them. Uncommitted leftovers
     whose newest object is older than ``grace_s`` are removed too (a younger one may be a write
     in progress). Expired lease files are removed. Returns the deleted version names, sorted.
     """
@@ -194,7 +198,11 @@ def gc_checkpoints(
     names = storage.list_dirs(parent)
     committed = [v for v in names if is_committed(storage, f"{parent}/{v}")]
     protected = set(extra_pins) | protected_versions(storage, kind, namespace, name, now)
-    victims = [v for v in committed[:-keep] if v not in protected]
+    victims = [
+        v
+        for v in committed[:-keep]
+        if v not in protected and now - _newest_mtime(storage, [f"{parent}/{v}/{COMMITTED}"]) >= min_age_s
+    ]
     deleted: list[str] = []
     for version in victims:
         # Re-check right before deleting: a job may have leased it since we looked.

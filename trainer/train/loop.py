@@ -367,7 +367,12 @@ class StreamingTrainer:
             prefix = f"{self.ckpt_parent}/{version}"
             write_checkpoint(self.storage, prefix, state, self.config, manifest)
             removed = gc_checkpoints(
-                self.storage, self.kind, self.job.namespace, self.job.name, self.job.keep_checkpoints
+                self.storage,
+                self.kind,
+                self.job.namespace,
+                self.job.name,
+                self.job.keep_checkpoints,
+                min_age_s=self.job.retention_min_age_s,
             )
             emit(self.out, "checkpoint", version=version, uri=self.storage.uri(prefix), removed=removed)
         D.barrier(self.ctx)
