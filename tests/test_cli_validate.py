@@ -154,7 +154,7 @@ def test_dataset_document_import_path_must_exist(tmp_path: Path) -> None:
         GOOD
         + """\
 ---
-apiVersion: exfm.io/v1alpha1
+apiVersion: local.exfm.io/v1alpha1
 kind: Dataset
 metadata: {name: clicks}
 spec:

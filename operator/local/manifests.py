@@ -2,7 +2,8 @@
 
 ``exfm run -f`` takes the same multi-document YAML a user applies to a cluster. FoundationModel,
 DataAugmentation and VerticalModel documents are validated by :mod:`exfm_operator.api` (the models
-the operator uses). One more kind, ``Dataset`` (same apiVersion), is understood by the local runner
+the operator uses). One more kind, ``Dataset`` (apiVersion ``local.exfm.io/v1alpha1``: no CRD
+exists for it, so a cluster rejects it rather than storing it), is understood by the local runner
 only: it names a window root (``spec.uri``) to materialise before the pipeline starts, from a CSV/
 Parquet import (``spec.import``), synthetic generator parameters (``spec.synthetic``) or nothing
 (an existing root). Cross-references (``fmRef``, ``dasRef``) are checked here too, because a local
@@ -20,7 +21,6 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from exfm_operator.api import (
-    API_VERSION,
     KINDS,
     ApiModel,
     DataAugmentation,
@@ -35,6 +35,7 @@ from exfm_operator.api.load import validation_problems
 from exfm_trainer.schema import FeatureSchema
 
 DATASET_KIND = "Dataset"
+LOCAL_API_VERSION = "local.exfm.io/v1alpha1"
 ORDER = {"FoundationModel": 0, "DataAugmentation": 1, "VerticalModel": 2}
 
 
@@ -63,7 +64,7 @@ class DatasetDocSpec(ApiModel):
 class DatasetDoc(ApiModel):
     """A local-only document: a dataset the runner materialises before the pipeline starts."""
 
-    api_version: Literal["exfm.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["local.exfm.io/v1alpha1"] = Field(default=LOCAL_API_VERSION, alias="apiVersion")
     kind: Literal["Dataset"] = DATASET_KIND
     metadata: ObjectMeta
     spec: DatasetDocSpec
@@ -111,8 +112,10 @@ def _parse_dataset(doc: dict[str, Any], where: str, source_dir: Path) -> Dataset
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     label = f'Dataset "{name}" ({where})' if name else f"Dataset (unnamed) ({where})"
-    if doc.get("apiVersion") != API_VERSION:
-        raise ManifestError([f"{label}: apiVersion: expected {API_VERSION!r}, got {doc.get('apiVersion')!r}"])
+    if doc.get("apiVersion") != LOCAL_API_VERSION:
+        raise ManifestError(
+            [f"{label}: apiVersion: expected {LOCAL_API_VERSION!r}, got {doc.get('apiVersion')!r}"]
+        )
     try:
         obj = DatasetDoc.model_validate(doc)
     except ValidationError as err:
