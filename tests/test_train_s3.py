@@ -26,7 +26,9 @@ def test_fm_and_vm_jobs_round_trip_and_resume(storage, tmp_path: Path) -> None: 
         write_window(data, w, window_table(w, 200))
         write_window(storage.join("aug"), w, window_table(w, 200, fm=True))
     ds = DatasetRef(uri=data.uri(), schema=SCHEMA)
-    job = parse_job(fm_job(tmp_path, ds, storage=storage.uri("art"), keep_checkpoints=2, retention_min_age_s=0))
+    job = parse_job(
+        fm_job(tmp_path, ds, storage=storage.uri("art"), keep_checkpoints=2, retention_min_age_s=0)
+    )
 
     def crash_after_window_1(window: int) -> None:
         if window == 1:
