@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +47,16 @@ class OperatorContext:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _seen: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
 
+    _executor: ThreadPoolExecutor | None = None
+
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the operator's pool of ``settings.max_workers`` threads (blocking I/O)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.settings.max_workers, thread_name_prefix="exfm-io")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 
 def make_context(
@@ -64,6 +73,7 @@ def make_context(
                 queue=settings.queue,
                 image=settings.image,
                 service_account=settings.service_account,
+                list_ttl=settings.job_list_ttl,
             )
     client = getattr(launcher, "_client", None) if settings.read_quota else None
     return OperatorContext(settings, launcher, quota=GpuQuota(client, settings.gpu_budget))
@@ -221,6 +231,9 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         settings.execution.max_workers = ctx.settings.max_workers
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        # A deleted resource keeps its finalizer until its in-flight ``poll`` timer returns; kopf
+        # re-checks every ``cancellation_polling`` s (default 60), so poll soon instead.
+        settings.background.cancellation_polling = min(5.0, max(0.5, ctx.settings.poll_interval))
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -272,7 +285,7 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
             started = time.perf_counter()
             async with ctx.lock(uid):
                 try:
-                    out = await asyncio.to_thread(reconcile_sync, ctx, kind, raw, fm_body, das_body, pending)
+                    out = await ctx.run(reconcile_sync, ctx, kind, raw, fm_body, das_body, pending)
                 except TRANSIENT as err:
                     metrics.RECONCILE_ERRORS.labels(kind).inc()
                     kopf.warn(body, reason="RetryLater", message=str(err)[:1000])
@@ -329,9 +342,10 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         fn = make_reconcile(kind)
         for decorator in (kopf.on.resume, kopf.on.create, kopf.on.update):
             decorator(GROUP, VERSION, plural, id=f"reconcile-{decorator.__name__}", registry=registry)(fn)
-        kopf.timer(GROUP, VERSION, plural, id="poll", interval=ctx.settings.poll_interval, registry=registry)(
-            fn
-        )
+        # The first poll comes one interval after the object appears: on.create/on.resume reconcile
+        # it at once, and a timer firing at the same moment would only repeat that reconcile.
+        kopf.timer(GROUP, VERSION, plural, id="poll", interval=ctx.settings.poll_interval,
+                   initial_delay=ctx.settings.poll_interval, registry=registry)(fn)  # fmt: skip
         kopf.on.delete(GROUP, VERSION, plural, id="cancel-jobs", registry=registry)(make_delete(kind))
     return registry
 
@@ -366,6 +380,9 @@ async def operate(
     finally:
         if server is not None:
             server.shutdown()
+        if ctx._executor is not None:
+            ctx._executor.shutdown(wait=False, cancel_futures=True)
+            ctx._executor = None
         ctx.launcher.close()
 
 

@@ -204,12 +204,22 @@ class GpuQuota:
         env = os.environ.get(GPU_BUDGET_ENV)
         self.budget = budget if budget is not None else (int(env) if env else None)
 
-    def read(self, namespace: str, launcher_jobs: list[JobRef] | None = None) -> QuotaObs:
+    def read(
+        self, namespace: str, launcher_jobs: list[JobRef] | None = None, gpus: int | None = None
+    ) -> QuotaObs:
+        """``gpus``: what the caller's job requests; 0 skips the ResourceQuota request (the planner
+        checks the budget only for jobs that request GPUs)."""
         running = sum(job_gpus(j) for j in launcher_jobs or [] if j.state not in TERMINAL_STATES)
-        if self._client is not None:
+        if self._client is not None and gpus != 0:
             from kubernetes import client
+            from kubernetes.client.rest import ApiException
+            from urllib3.exceptions import HTTPError
 
-            quotas = client.CoreV1Api(self._client).list_namespaced_resource_quota(namespace).items
+            try:
+                quotas = client.CoreV1Api(self._client).list_namespaced_resource_quota(namespace).items
+            except (ApiException, HTTPError) as err:  # a ConnectionError: the operator retries
+                reason = getattr(err, "reason", None) or err
+                raise ConnectionError(f"reading the ResourceQuotas of {namespace} failed: {reason}") from err
             hard = [q for q in quotas if q.status and (q.status.hard or {}).get(GPU_QUOTA_KEY) is not None]
             if hard:
                 budget = min(int(float(q.status.hard[GPU_QUOTA_KEY])) for q in hard)
@@ -366,7 +376,8 @@ def observe_world(
         if storage is not None:
             ckpts = observer.checkpoints(storage.uri, "vm", ns, name)
             fields["vm_checkpoints"] = tuple(_ckpt_info(c) for c in ckpts)
-    q = quota.read(ns, jobs)
+    resources = getattr(resource.spec, "resources", None)
+    q = quota.read(ns, jobs, gpus=getattr(resources, "total_gpus", None))
     return World(
         now=datetime.now(tz=timezone.utc),
         jobs=tuple(job_info(j) for j in jobs),

@@ -38,4 +38,5 @@ class OperatorSettings:
     gpu_budget: int | None = field(default_factory=lambda: _env_int("EXFM_GPU_BUDGET", None))
     read_quota: bool = field(default_factory=lambda: os.environ.get("EXFM_READ_QUOTA", "1") != "0")
     max_workers: int = field(default_factory=lambda: _env_int("EXFM_MAX_WORKERS", 8) or 8)
+    job_list_ttl: float = field(default_factory=lambda: _env_float("EXFM_JOB_LIST_TTL", 1.0))
     finalizer: str = "exfm.io/finalizer"

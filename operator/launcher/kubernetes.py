@@ -6,6 +6,10 @@ job is named after the planner's deterministic job name and labelled with its ow
 Storage credentials come from the resource's Secret: its keys become the container's environment
 (``envFrom``) and are also mounted as files for ``EXFM_S3_CREDENTIALS_DIR``; the kubelet resolves
 both, so the operator never reads the Secret and nothing secret lands in the job spec.
+
+Observation is cheap: one Volcano job list per namespace serves every resource's ``list_jobs`` for
+``list_ttl`` seconds (concurrent callers share one request), jobs this launcher submitted or cancelled
+update that cached list at once, and ``submit`` creates straight away (a 409 means the job exists).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from torchx.runner import get_runner
 from torchx.schedulers.kubernetes_scheduler import JOB_STATE
+from urllib3.exceptions import HTTPError
 
 from exfm_operator.launcher.appdef import build_appdef, dns_name, job_labels
 from exfm_operator.launcher.base import JobRef, JobStatus, Launcher, LauncherError, state_name
@@ -26,6 +31,7 @@ CREDENTIALS_DIR = "/etc/exfm/s3"
 CREDENTIALS_VOLUME = "exfm-s3-credentials"
 ANNOTATION_SUBMITTED = "exfm.io/submitted-at"
 ANNOTATION_WINDOWS = "exfm.io/windows"
+LABEL_JOB_KIND = "exfm.io/job-kind"  # every exfm job has it: the namespace-wide list selects on it
 
 
 def load_api_client() -> Any:
@@ -65,6 +71,16 @@ def _job_state(obj: dict) -> JobStatus:
     return JobStatus(state_name(state), message)
 
 
+class _NamespaceJobs:
+    """The jobs of one namespace as last listed (``at``: monotonic time of the list request)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one list request at a time per namespace
+        self.at = float("-inf")
+        self.jobs: dict[str, JobRef] = {}
+        self.submitted: dict[str, tuple[float, JobRef]] = {}  # name → (when, ref): not yet listed
+
+
 class KubernetesLauncher(Launcher):
     """Submits Volcano jobs into ``namespace`` (per call) on ``queue``."""
 
@@ -78,7 +94,10 @@ class KubernetesLauncher(Launcher):
         service_account: str | None = None,
         env: dict[str, str] | None = None,
         api_client: Any = None,
+        list_ttl: float = 1.0,
     ) -> None:
+        """``list_ttl``: seconds a namespace's job list answers ``list_jobs``/``find``/``status``
+        (0: every call asks the API server)."""
         super().__init__()
         self.namespace = namespace
         self.queue = queue
@@ -88,6 +107,8 @@ class KubernetesLauncher(Launcher):
         self._client = api_client or load_api_client()
         self._runner = get_runner(client=self._client)
         self._name_locks: dict[str, threading.Lock] = {}
+        self.list_ttl = list_ttl
+        self._namespaces: dict[str, _NamespaceJobs] = {}
 
     def _name_lock(self, key: str) -> Any:
         with self._lock:
@@ -159,20 +180,95 @@ class KubernetesLauncher(Launcher):
         self, action: Any, namespace: str | None = None, extra_labels: dict[str, str] | None = None
     ) -> str:
         ns = namespace or self.namespace
-        with self._name_lock(f"{ns}/{dns_name(action.job_name)}"):
-            existing = self.find(action.job_name, ns)
-            if existing is not None:
-                return existing
+        name = dns_name(action.job_name)
+        with self._name_lock(f"{ns}/{name}"):
+            known = self._cached(ns).get(name)
+            if known is not None:
+                return known.handle
             info = self.build_request(action, ns, extra_labels)
             try:
-                return self._runner.schedule(info)
-            except ValueError as err:  # TorchX's 409: created concurrently by another reconcile
-                found = self.find(action.job_name, ns)
-                if found is not None:
-                    return found
+                handle = self._runner.schedule(info)
+            except Exception as err:  # e.g. TorchX's ValueError on a 409: the job exists already
+                obj = self._get(ns, name)  # (earlier run or another reconcile)
+                if obj is not None:
+                    self._remember(ns, obj)
+                    return self._handle(ns, name)
                 raise LauncherError(f"could not submit job {action.job_name}: {err}") from err
-            except Exception as err:
-                raise LauncherError(f"could not submit job {action.job_name}: {err}") from err
+            self._remember(ns, {"metadata": info.request.resource["metadata"]})
+            return handle
+
+    # -- the per-namespace job list -----------------------------------------------------------
+    def _ns(self, namespace: str) -> _NamespaceJobs:
+        with self._lock:
+            return self._namespaces.setdefault(namespace, _NamespaceJobs())
+
+    def _cached(self, namespace: str) -> dict[str, JobRef]:
+        """Jobs of ``namespace`` from a list at most ``list_ttl`` old (empty when there is none)."""
+        entry = self._ns(namespace)
+        with self._lock:
+            fresh = time.monotonic() - entry.at < self.list_ttl
+            return dict(entry.jobs) if fresh else {}
+
+    def _remember(self, namespace: str, obj: dict) -> None:
+        ref = self._ref(namespace, obj)
+        entry = self._ns(namespace)
+        with self._lock:
+            entry.jobs[ref.job_name] = ref
+            entry.submitted[ref.job_name] = (time.monotonic(), ref)
+
+    def _forget(self, namespace: str, name: str) -> None:
+        entry = self._ns(namespace)
+        with self._lock:
+            entry.jobs.pop(name, None)
+            entry.submitted.pop(name, None)
+
+    def _namespace_jobs(self, namespace: str) -> dict[str, JobRef]:
+        """All exfm jobs of ``namespace``: one list request per ``list_ttl``, shared by concurrent callers."""
+        entry = self._ns(namespace)
+        with entry.lock:
+            with self._lock:
+                if time.monotonic() - entry.at < self.list_ttl:
+                    return dict(entry.jobs)
+            started = time.monotonic()
+            listed = {ref.job_name: ref for ref in self._list(namespace, LABEL_JOB_KIND)}
+            with self._lock:
+                # a job submitted while the list was in flight may be missing from it: keep it
+                for name, (when, ref) in list(entry.submitted.items()):
+                    if when < started:  # created before the list began: the list has it (or it is gone)
+                        entry.submitted.pop(name)
+                    else:
+                        listed.setdefault(name, ref)
+                entry.jobs, entry.at = listed, started
+                return dict(listed)
+
+    def _ref(self, namespace: str, obj: dict) -> JobRef:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        st = _job_state(obj)
+        submitted = annotations.get(ANNOTATION_SUBMITTED)
+        return JobRef(
+            job_name=meta["name"],
+            handle=self._handle(namespace, meta["name"]),
+            kind=labels.get(LABEL_JOB_KIND, ""),
+            state=st.state,
+            message=st.message,
+            labels=labels,
+            annotations=annotations,
+            submitted_at=float(submitted) if submitted else None,
+        )
+
+    def _list(self, namespace: str, selector: str) -> list[JobRef]:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            resp = self._api().list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, label_selector=selector
+            )
+        except (ApiException, HTTPError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise LauncherError(f"listing Volcano jobs in {namespace} failed: {reason}") from err
+        return [self._ref(namespace, obj) for obj in resp.get("items", [])]
 
     # -- queries -------------------------------------------------------------------------------
     def _get(self, namespace: str, name: str) -> dict | None:
@@ -184,21 +280,33 @@ class KubernetesLauncher(Launcher):
             if err.status == 404:
                 return None
             raise LauncherError(f"reading Volcano job {namespace}/{name} failed: {err.reason}") from err
+        except HTTPError as err:
+            raise LauncherError(f"reading Volcano job {namespace}/{name} failed: {err}") from err
 
     def find(self, job_name: str, namespace: str | None = None) -> str | None:
         ns = namespace or self.namespace
-        obj = self._get(ns, dns_name(job_name))
+        name = dns_name(job_name)
+        known = self._cached(ns).get(name)
+        if known is not None:
+            return known.handle
+        obj = self._get(ns, name)
         return None if obj is None else self._handle(ns, obj["metadata"]["name"])
 
     def status(self, handle: str) -> JobStatus:
         from kubernetes.client.rest import ApiException
 
+        ns, name = handle.rsplit("/", 1)[-1].split(":", 1)
+        known = self._cached(ns).get(name)
+        if known is not None:  # listed moments ago: no describe round trip
+            return JobStatus(known.state, known.message)
         try:
             live = self._runner.status(handle)
         except ApiException as err:
             if err.status == 404:
                 return JobStatus("UNKNOWN", f"job {handle} not found")
             raise LauncherError(f"status of {handle} failed: {err.reason}") from err
+        except HTTPError as err:
+            raise LauncherError(f"status of {handle} failed: {err}") from err
         if live is None:
             return JobStatus("UNKNOWN", f"job {handle} not found")
         state = state_name(live.state)
@@ -208,49 +316,26 @@ class KubernetesLauncher(Launcher):
         return JobStatus(state, msg)
 
     def list_jobs(self, labels: dict[str, str], namespace: str | None = None) -> list[JobRef]:
-        from kubernetes.client.rest import ApiException
-
         ns = namespace or self.namespace
-        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        try:
-            resp = self._api().list_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, label_selector=selector
-            )
-        except ApiException as err:
-            raise LauncherError(f"listing Volcano jobs in {ns} failed: {err.reason}") from err
-        refs = []
-        for obj in resp.get("items", []):
-            meta = obj.get("metadata", {})
-            obj_labels = meta.get("labels") or {}
-            if not all(obj_labels.get(k) == v for k, v in labels.items()):
-                continue  # servers that ignore labelSelector
-            st = _job_state(obj)
-            annotations = meta.get("annotations") or {}
-            submitted = annotations.get(ANNOTATION_SUBMITTED)
-            refs.append(
-                JobRef(
-                    job_name=meta["name"],
-                    handle=self._handle(ns, meta["name"]),
-                    kind=obj_labels.get("exfm.io/job-kind", ""),
-                    state=st.state,
-                    message=st.message,
-                    labels=obj_labels,
-                    annotations=annotations,
-                    submitted_at=float(submitted) if submitted else None,
-                )
-            )
-        return refs
+        if self.list_ttl > 0:
+            jobs = list(self._namespace_jobs(ns).values())
+        else:
+            jobs = self._list(ns, ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+        # (also guards against servers that ignore labelSelector)
+        return [job for job in jobs if all(job.labels.get(k) == v for k, v in labels.items())]
 
     def cancel(self, handle: str) -> None:
         from kubernetes.client.rest import ApiException
 
         ns, name = handle.rsplit("/", 1)[-1].split(":", 1)
-        with self._lock:
-            try:
-                self._api().delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
-            except ApiException as err:
-                if err.status != 404:
-                    raise LauncherError(f"cancelling {handle} failed: {err.reason}") from err
+        try:
+            self._api().delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except ApiException as err:
+            if err.status != 404:
+                raise LauncherError(f"cancelling {handle} failed: {err.reason}") from err
+        except HTTPError as err:
+            raise LauncherError(f"cancelling {handle} failed: {err}") from err
+        self._forget(ns, name)
 
     def logs(self, handle: str, tail: int = 100) -> list[str]:
         try:
