@@ -26,14 +26,14 @@ from exfm_operator import metrics
 from exfm_operator.api.base import GROUP, VERSION
 from exfm_operator.api.load import validation_problems
 from exfm_operator.api.resources import KINDS, PLURALS
-from exfm_operator.launcher import Launcher, LauncherError, make_launcher
+from exfm_operator.launcher import TERMINAL_STATES, Launcher, LauncherError, make_launcher
 from exfm_operator.observe import GpuQuota, StorageObserver, apply, observe_jobs, observe_world
+from exfm_operator.planner import JOB_KIND_OF, SpecProblem, plan_resource
 from exfm_operator.settings import OperatorSettings
 from exfm_trainer.storage import StorageError
 
 log = logging.getLogger(__name__)
 TRANSIENT = (StorageError, OSError, LauncherError, ConnectionError, TimeoutError)
-_JOB_KIND = {"FoundationModel": "fm-train", "DataAugmentation": "das", "VerticalModel": "vm-train"}
 
 
 @dataclass
@@ -80,16 +80,6 @@ def make_context(
 
 
 # ---------------------------------------------------------------------------- pure-ish helpers
-
-
-def _plan(kind: str, resource: Any, world: Any, fm: Any, das: Any) -> Any:
-    from exfm_operator import planner
-
-    if kind == "FoundationModel":
-        return planner.plan_foundation_model(resource, world)
-    if kind == "DataAugmentation":
-        return planner.plan_data_augmentation(resource, fm, world)
-    return planner.plan_vertical_model(resource, das, world)
 
 
 def _degraded_status(old: dict, reason: str, message: str, generation: int | None) -> dict:
@@ -181,14 +171,12 @@ def reconcile_sync(
         status = {**old_status, "phase": "Waiting", "lastError": message, "observedGeneration": generation}
         return ReconcileOutcome(status, [], [], [])
 
-    from exfm_operator.planner.resolve import SpecProblem
-
     world = observe_world(
         resource, observer=ctx.observer, launcher=ctx.launcher, quota=ctx.quota, fm=fm, das=das,
         pending_fm_gpus=pending_fm_gpus,
     )  # fmt: skip
     try:
-        plan = _plan(kind, resource, world, fm, das)
+        plan = plan_resource(resource, world, fm, das)
     except SpecProblem as err:
         message = f"{err.field}: {err.message}"
         return ReconcileOutcome(_degraded_status(old_status, err.reason, message, generation),
@@ -204,7 +192,7 @@ def reconcile_sync(
     )
     if result.errors and not result.submitted and not result.cancelled:
         raise LauncherError("; ".join(result.errors))
-    status = plan.status.to_json() if hasattr(plan.status, "to_json") else dict(plan.status)
+    status = plan.status.to_json()
     failed = [j.name for j in world.jobs if j.state == "FAILED"]
     committed = frozenset(
         [f"d{w.window}" for w in world.das_windows if kind == "DataAugmentation"]
@@ -314,22 +302,22 @@ def build_registry(ctx: OperatorContext) -> kopf.OperatorRegistry:
         for job in out.failed_jobs:
             if job not in seen_failed:
                 seen_failed.add(job)
-                metrics.JOBS_FAILED.labels(_JOB_KIND[kind]).inc()
+                metrics.JOBS_FAILED.labels(JOB_KIND_OF[kind]).inc()
         if out.artifacts is not None:
             before = ctx._seen.get(uid)
             new = out.artifacts[1] - (before[1] if before else frozenset())
             if before is not None and new:
-                metrics.WINDOWS_PROCESSED.labels(_JOB_KIND[kind]).inc(len(new))
+                metrics.WINDOWS_PROCESSED.labels(JOB_KIND_OF[kind]).inc(len(new))
             ctx._seen[uid] = out.artifacts
 
     def make_delete(kind: str) -> Any:
         async def on_delete(body: kopf.Body, namespace: str, uid: str, logger: Any, **_: Any) -> None:
             try:
                 jobs = await asyncio.to_thread(observe_jobs, ctx.launcher, namespace, uid)
-                active = [j for j in jobs if j.state not in ("SUCCEEDED", "FAILED", "CANCELLED")]
+                active = [j for j in jobs if j.state not in TERMINAL_STATES]
                 for job in active:
                     await asyncio.to_thread(ctx.launcher.cancel, job.handle)
-                    metrics.JOBS_CANCELLED.labels(_JOB_KIND[kind]).inc()
+                    metrics.JOBS_CANCELLED.labels(JOB_KIND_OF[kind]).inc()
             except TRANSIENT as err:
                 raise kopf.TemporaryError(f"cancelling jobs: {err}", delay=ctx.settings.retry_delay) from err
             ctx._seen.pop(uid, None)

@@ -7,7 +7,8 @@ asks the launcher for the jobs a resource owns; :class:`GpuQuota` reads the name
 plan's actions. Both the kopf operator and the local runner (``exfm run``) use these.
 
 Committed artifacts are immutable, so manifests are cached by URI: a poll costs one listing per
-artifact folder plus one read per *new* artifact.
+artifact folder, one marker check (``_COMMITTED`` exists) per artifact, and one manifest read per *new*
+artifact.
 """
 
 from __future__ import annotations
@@ -15,23 +16,24 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from exfm_operator.api.resources import DataAugmentation, FoundationModel, Resource
 from exfm_operator.launcher import TERMINAL_STATES, JobRef, Launcher
-from exfm_operator.launcher.appdef import LABEL_GPUS
+from exfm_operator.launcher.appdef import LABEL_GPUS, LABEL_KIND
+from exfm_operator.planner import resolve
+from exfm_operator.planner.actions import CancelJob, EmitEvent, Plan, SubmitJob
+from exfm_operator.planner.naming import LABEL_OWNER_UID, LABEL_WINDOW_END, LABEL_WINDOW_START, label_value
+from exfm_operator.planner.world import CheckpointInfo, DASWindowInfo, JobInfo, World
 from exfm_trainer import layout
 from exfm_trainer.storage import Storage, open_storage
 from exfm_trainer.storage.commit import list_committed, read_manifest
 
 log = logging.getLogger(__name__)
 
-LABEL_OWNER_UID = "exfm.io/owner-uid"  # set by the planner (exfm_operator.planner.naming)
-LABEL_WINDOW_START = "exfm.io/window-start"
-LABEL_WINDOW_END = "exfm.io/window-end"
 GPU_QUOTA_KEY = "requests.nvidia.com/gpu"
 GPU_BUDGET_ENV = "EXFM_GPU_BUDGET"
 
@@ -148,9 +150,7 @@ class StorageObserver:
 
 def owner_selector(uid: str) -> dict[str, str]:
     """The label selector of the jobs a resource owns (the planner labels jobs with the owner uid)."""
-    from exfm_operator.planner.naming import _label_value
-
-    return {LABEL_OWNER_UID: _label_value(uid)}
+    return {LABEL_OWNER_UID: label_value(uid)}
 
 
 def observe_jobs(launcher: Launcher, namespace: str, uid: str) -> list[JobRef]:
@@ -158,10 +158,8 @@ def observe_jobs(launcher: Launcher, namespace: str, uid: str) -> list[JobRef]:
     return launcher.list_jobs(owner_selector(uid), namespace=namespace)
 
 
-def job_info(job: JobRef) -> Any:
+def job_info(job: JobRef) -> JobInfo:
     """A launcher ``JobRef`` as the planner's ``JobInfo``."""
-    from exfm_operator.planner.world import JobInfo
-
     labels = job.labels
     try:
         windows = (int(labels[LABEL_WINDOW_START]), int(labels[LABEL_WINDOW_END]))
@@ -170,7 +168,7 @@ def job_info(job: JobRef) -> Any:
     started = datetime.fromtimestamp(job.submitted_at, tz=timezone.utc) if job.submitted_at else None
     return JobInfo(
         name=job.job_name,
-        kind=job.kind or labels.get("exfm.io/job-kind", "fm-train"),
+        kind=job.kind or labels.get(LABEL_KIND, "fm-train"),
         windows=windows,
         state=job.state,
         handle=job.handle,
@@ -181,6 +179,7 @@ def job_info(job: JobRef) -> Any:
 
 
 def job_gpus(job: JobRef) -> int:
+    """GPUs the job requested (its ``exfm.io/gpus`` label; 0 when absent or malformed)."""
     try:
         return int(job.labels.get(LABEL_GPUS, "0"))
     except ValueError:
@@ -241,18 +240,14 @@ class ApplyResult:
     errors: list[str] = field(default_factory=list)
 
 
-def _action_type(action: Any) -> str:
-    return type(action).__name__
-
-
 def apply(
-    plan: Any,
+    plan: Plan,
     *,
     launcher: Launcher,
     namespace: str,
     owner: dict[str, str] | None = None,
     emit: Callable[[str, str, str], None] | None = None,
-    on_submit: Callable[[Any, str], None] | None = None,
+    on_submit: Callable[[SubmitJob, str], None] | None = None,
 ) -> ApplyResult:
     """Execute ``plan.actions``: ``SubmitJob`` → ``launcher.submit`` (idempotent by job name, labelled
     with ``owner``), ``CancelJob`` → ``launcher.cancel``, ``EmitEvent`` → ``emit(type, reason, message)``.
@@ -261,21 +256,21 @@ def apply(
     decides whether to retry) and reported as Warning events.
     """
     result = ApplyResult()
-    for action in getattr(plan, "actions", plan) or []:
-        kind = _action_type(action)
+    for action in plan.actions:
+        kind = type(action).__name__
         try:
-            if kind == "SubmitJob":
+            if isinstance(action, SubmitJob):
                 handle = launcher.submit(action, namespace=namespace, extra_labels=owner)
                 result.submitted.append(handle)
                 if on_submit is not None:
                     on_submit(action, handle)
-            elif kind == "CancelJob":
-                handle = getattr(action, "handle", None) or launcher.find(action.job_name, namespace)
+            elif isinstance(action, CancelJob):
+                handle = action.handle or launcher.find(action.job_name, namespace)
                 if handle:
                     launcher.cancel(handle)
                     result.cancelled.append(handle)
-            elif kind == "EmitEvent":
-                event = (str(action.type), str(action.reason), str(action.message))
+            elif isinstance(action, EmitEvent):
+                event = (action.type, action.reason, action.message)
                 result.events.append(event)
                 if emit is not None:
                     emit(*event)
@@ -290,16 +285,10 @@ def apply(
     return result
 
 
-def now() -> float:
-    return time.time()
-
-
 # ---------------------------------------------------------------------------- world
 
 
-def _ckpt_info(c: CheckpointObs) -> Any:
-    from exfm_operator.planner.world import CheckpointInfo
-
+def _ckpt_info(c: CheckpointObs) -> CheckpointInfo:
     return CheckpointInfo(
         version=c.version,
         windows=tuple(c.windows),
@@ -311,40 +300,25 @@ def _ckpt_info(c: CheckpointObs) -> Any:
     )
 
 
-def _das_info(d: DASWindowObs) -> Any:
-    from exfm_operator.planner.world import DASWindowInfo
-
+def _das_info(d: DASWindowObs) -> DASWindowInfo:
     return DASWindowInfo(d.window, d.fm_version, d.fm_last_window, d.staleness)
 
 
-def _dataset_schema(observer: StorageObserver, dataset: Any) -> Any:
-    if dataset is None or dataset.feature_schema is not None or not dataset.synthetic:
-        return None
-    from exfm_trainer.data.windows import read_dataset_info
-    from exfm_trainer.schema import FeatureSchema
-
-    info = read_dataset_info(observer.storage(dataset.uri)) or {}
-    return FeatureSchema.model_validate(info["schema"]) if "schema" in info else None
-
-
 def observe_world(
-    resource: Any,
+    resource: Resource,
     *,
     observer: StorageObserver,
     launcher: Launcher,
     quota: GpuQuota,
-    fm: Any = None,
-    das: Any = None,
+    fm: FoundationModel | None = None,
+    das: DataAugmentation | None = None,
     pending_fm_gpus: int = 0,
-) -> Any:
+) -> World:
     """The planner's ``World`` for a FoundationModel, DataAugmentation (``fm`` = its FM) or
     VerticalModel (``das`` = its DAS), from storage, the launcher's jobs and the GPU quota.
 
     Raises ``StorageError``/``OSError`` when storage is unreachable and ``LauncherError`` when the
     scheduler is (the kopf shell turns both into a retry)."""
-    from exfm_operator.planner import resolve
-    from exfm_operator.planner.world import World
-
     ns, name, kind = resource.metadata.namespace, resource.metadata.name, resource.kind
     # Jobs first, storage second: a job seen SUCCEEDED has committed its artifacts before finishing,
     # so they are visible below (the other order could pair a finished job with missing output).
@@ -352,13 +326,11 @@ def observe_world(
     fields: dict[str, Any] = {}
     if kind == "FoundationModel":
         fields["data_windows"] = tuple(observer.data_windows(resource.spec.dataset.uri))
-        fields["dataset_schema"] = _dataset_schema(observer, resource.spec.dataset)
         ckpts = observer.checkpoints(resource.spec.storage.uri, "fm", ns, name)
         fields["fm_checkpoints"] = tuple(_ckpt_info(c) for c in ckpts)
     elif kind == "DataAugmentation" and fm is not None:
         dataset = resolve.das_input(resource, fm)
         fields["data_windows"] = tuple(observer.data_windows(dataset.uri))
-        fields["dataset_schema"] = _dataset_schema(observer, dataset)
         ckpts = observer.checkpoints(fm.spec.storage.uri, "fm", fm.metadata.namespace, fm.metadata.name)
         fields["fm_checkpoints"] = tuple(_ckpt_info(c) for c in ckpts)
         try:

@@ -132,6 +132,7 @@ class JobConfigError(ValueError):
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
+    """``invalid job config <source>:`` then one ``  - <field>: <message>`` line per error."""
     lines = [f"invalid job config {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"

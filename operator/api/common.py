@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from exfm_operator.api.base import DNS_SUBDOMAIN, ApiModel, cel
+from exfm_trainer.jobs import WindowRange as JobWindowRange
 from exfm_trainer.schema import FeatureSchema
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
@@ -129,8 +130,11 @@ def _synthetic_config(params: dict[str, Any]) -> Any:
         raise ValueError("invalid synthetic generator params: " + "; ".join(parts)) from None
 
 
-class WindowRange(ApiModel):
-    """Windows ``[start, end)``; no ``end`` means every window from ``start`` on (streaming)."""
+class WindowRange(ApiModel, JobWindowRange):
+    """Windows ``[start, end)``; no ``end`` means every window from ``start`` on (streaming).
+
+    The job contract's range with API bounds and CEL rules: ``end >= start`` and ``contains`` are inherited.
+    """
 
     model_config = {"json_schema_extra": {"x-kubernetes-validations": [
         cel("!has(self.end) || self.end >= self.start", "windows.end must be >= windows.start",
@@ -139,15 +143,6 @@ class WindowRange(ApiModel):
 
     start: int = Field(default=0, ge=0, le=10_000_000, description="First window.")
     end: int | None = Field(default=None, ge=0, le=10_000_000, description="One past the last window.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> WindowRange:
-        if self.end is not None and self.end < self.start:
-            raise ValueError(f"end ({self.end}) must be >= start ({self.start})")
-        return self
-
-    def contains(self, window: int) -> bool:
-        return window >= self.start and (self.end is None or window < self.end)
 
 
 class Cadence(ApiModel):

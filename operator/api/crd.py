@@ -182,6 +182,7 @@ def crd(kind: str) -> dict[str, Any]:
 
 
 def crd_filename(kind: str) -> str:
+    """``exfm.io_<plural>.yaml``: the file name of a kind's CRD under ``crds/``."""
     return f"{GROUP}_{PLURALS[kind]}.yaml"
 
 

@@ -89,22 +89,7 @@ def load_yaml(text: str, source: str = "<yaml>") -> list[Resource]:
 def load_paths(paths: Iterable[str | Path]) -> list[Resource]:
     """Load YAML files, or every ``*.yaml``/``*.yml`` file of a directory (sorted)."""
     problems: list[str] = []
-    docs: list[tuple[Any, str]] = []
-    for p in paths:
-        path = Path(p)
-        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
-        if path.is_dir() and not files:
-            problems.append(f"{path}: directory has no *.yaml files")
-        for f in files:
-            try:
-                loaded = list(yaml.safe_load_all(f.read_text()))
-            except FileNotFoundError:
-                problems.append(f"{f}: file does not exist")
-                continue
-            except yaml.YAMLError as err:
-                problems.append(f"{f}: not valid YAML: {err}")
-                continue
-            docs.extend((d, f"{f}#{i}") for i, d in enumerate(loaded))
+    docs = [(doc, where) for doc, where, _ in read_yaml_documents(paths, problems)]
     resources: list[Resource] = []
     try:
         resources = _load_located(docs)
@@ -115,10 +100,50 @@ def load_paths(paths: Iterable[str | Path]) -> list[Resource]:
     return resources
 
 
+def read_yaml_documents(paths: Iterable[str | Path], problems: list[str]) -> list[tuple[Any, str, Path]]:
+    """Every non-empty document of YAML files or directories (their ``*.yaml``/``*.yml``, sorted), as
+    ``(document, "file#index", file)``; a missing path or invalid YAML appends to ``problems``."""
+    out: list[tuple[Any, str, Path]] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+            if not files:
+                problems.append(f"{path}: directory has no *.yaml files")
+        elif path.is_file():
+            files = [path]
+        else:
+            problems.append(f"{path}: does not exist (no such file or directory)")
+            continue
+        for f in files:
+            try:
+                docs = list(yaml.safe_load_all(f.read_text()))
+            except yaml.YAMLError as err:
+                problems.append(f"{f}: not valid YAML: {err}")
+                continue
+            out.extend((doc, f"{f}#{i}", f) for i, doc in enumerate(docs) if doc is not None)
+    return out
+
+
+class UniqueNames:
+    """Remembers where each kind/namespace/name was defined, to report the documents that repeat one."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[str, str, str], str] = {}
+
+    def repeated(self, kind: str, namespace: str, name: str, where: str) -> str | None:
+        """The problem when the object was already defined, else None (and remember ``where``)."""
+        first = self._first.get((kind, namespace, name))
+        if first is None:
+            self._first[(kind, namespace, name)] = where
+            return None
+        return f'{kind} "{namespace}/{name}" ({where}): defined twice (first at {first})'
+
+
 def _load_located(docs: list[tuple[Any, str]]) -> list[Resource]:
     problems: list[str] = []
     out: list[Resource] = []
-    seen: dict[tuple[str, str, str], str] = {}
+    names = UniqueNames()
     for doc, where in docs:
         if doc is None:
             continue
@@ -127,11 +152,10 @@ def _load_located(docs: list[tuple[Any, str]]) -> list[Resource]:
         except ManifestError as err:
             problems.extend(err.problems)
             continue
-        key = (res.kind, res.metadata.namespace, res.metadata.name)
-        if key in seen:
-            problems.append(f'{res.kind} "{key[1]}/{key[2]}" ({where}): defined twice (first at {seen[key]})')
+        repeated = names.repeated(res.kind, res.metadata.namespace, res.metadata.name, where)
+        if repeated:
+            problems.append(repeated)
             continue
-        seen[key] = where
         out.append(res)
     if problems:
         raise ManifestError(problems)

@@ -114,6 +114,7 @@ def render_markdown() -> str:
 
 
 def write_markdown(path: str | Path) -> Path:
+    """Write the API reference (``docs/api.md``) to ``path``; returns it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_markdown())

@@ -22,7 +22,7 @@ from torchx.runner import get_runner
 from torchx.schedulers.kubernetes_scheduler import JOB_STATE
 from urllib3.exceptions import HTTPError
 
-from exfm_operator.launcher.appdef import build_appdef, dns_name, job_labels
+from exfm_operator.launcher.appdef import LABEL_KIND, build_appdef, dns_name, job_labels
 from exfm_operator.launcher.base import JobRef, JobStatus, Launcher, LauncherError, state_name
 
 SCHEDULER = "kubernetes"
@@ -31,7 +31,6 @@ CREDENTIALS_DIR = "/etc/exfm/s3"
 CREDENTIALS_VOLUME = "exfm-s3-credentials"
 ANNOTATION_SUBMITTED = "exfm.io/submitted-at"
 ANNOTATION_WINDOWS = "exfm.io/windows"
-LABEL_JOB_KIND = "exfm.io/job-kind"  # every exfm job has it: the namespace-wide list selects on it
 
 
 def load_api_client() -> Any:
@@ -230,7 +229,7 @@ class KubernetesLauncher(Launcher):
                 if time.monotonic() - entry.at < self.list_ttl:
                     return dict(entry.jobs)
             started = time.monotonic()
-            listed = {ref.job_name: ref for ref in self._list(namespace, LABEL_JOB_KIND)}
+            listed = {ref.job_name: ref for ref in self._list(namespace, LABEL_KIND)}  # every exfm job has it
             with self._lock:
                 # a job submitted while the list was in flight may be missing from it: keep it
                 for name, (when, ref) in list(entry.submitted.items()):
@@ -250,7 +249,7 @@ class KubernetesLauncher(Launcher):
         return JobRef(
             job_name=meta["name"],
             handle=self._handle(namespace, meta["name"]),
-            kind=labels.get(LABEL_JOB_KIND, ""),
+            kind=labels.get(LABEL_KIND, ""),
             state=st.state,
             message=st.message,
             labels=labels,

@@ -8,7 +8,6 @@ the training stack. Both are idempotent: a re-run keeps windows that are already
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from exfm_operator.local.manifests import Bundle, DatasetDoc
 from exfm_operator.local.progress import Reporter
 from exfm_trainer.schema import FeatureSchema
 from exfm_trainer.storage import open_storage
+from exfm_trainer.storage.commit import sha256_file
 
 IMPORT_MARKER = "_IMPORTED.json"
 
@@ -95,25 +95,13 @@ def _ready_windows(uri: str) -> list[int]:
     return list_ready_windows(open_storage(uri))
 
 
-def _run(argv: list[str], label: str) -> dict[str, Any]:
+def _run(argv: list[str], label: str) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "exfm_trainer", *argv], capture_output=True, text=True, env=os.environ.copy()
     )
     if proc.returncode != 0:
         err = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()
         raise DatasetError(f"{label}: {' '.join(argv[:1])} failed: {' | '.join(err[-5:])}")
-    try:
-        return json.loads(proc.stdout)
-    except ValueError:
-        return {}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _synthesize(task: DatasetTask, reporter: Reporter) -> None:
@@ -131,7 +119,7 @@ def _import(task: DatasetTask, reporter: Reporter) -> None:
     storage = open_storage(task.uri)
     marker = {
         "source": str(task.import_path),
-        "sha256": _sha256(task.import_path),
+        "sha256": sha256_file(task.import_path),
         "options": task.import_options,
         "schema": task.schema.model_dump(mode="json"),
     }

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from exfm_operator.api import (
     KINDS,
+    SHORT_NAMES,
     ApiModel,
     DataAugmentation,
     FoundationModel,
@@ -31,7 +31,7 @@ from exfm_operator.api import (
     VerticalModel,
     parse_resource,
 )
-from exfm_operator.api.load import validation_problems
+from exfm_operator.api.load import UniqueNames, read_yaml_documents, validation_problems
 from exfm_trainer.schema import FeatureSchema
 
 DATASET_KIND = "Dataset"
@@ -92,22 +92,6 @@ class Bundle:
         )
 
 
-def _files(paths: list[str | Path], problems: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            found = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
-            if not found:
-                problems.append(f"{path}: directory has no *.yaml files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            problems.append(f"{path}: no such file or directory")
-    return files
-
-
 def _parse_dataset(doc: dict[str, Any], where: str, source_dir: Path) -> DatasetDoc:
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
@@ -127,22 +111,18 @@ def _parse_dataset(doc: dict[str, Any], where: str, source_dir: Path) -> Dataset
 def check_references(bundle: Bundle) -> list[str]:
     """One problem per ``fmRef``/``dasRef`` naming no resource of the bundle, and per bad dataset."""
     problems = []
-    for das in bundle.of_kind("DataAugmentation"):
-        ns = das.metadata.namespace
-        if bundle.find("FoundationModel", ns, das.spec.fm_ref.name) is None:
-            problems.append(
-                f'DataAugmentation "{ns}/{das.metadata.name}": spec.fmRef.name: FoundationModel '
-                f'"{das.spec.fm_ref.name}" is not defined in namespace "{ns}" by these manifests; '
-                "add it or fix the name"
-            )
-    for vm in bundle.of_kind("VerticalModel"):
-        ns = vm.metadata.namespace
-        if bundle.find("DataAugmentation", ns, vm.spec.das_ref.name) is None:
-            problems.append(
-                f'VerticalModel "{ns}/{vm.metadata.name}": spec.dasRef.name: DataAugmentation '
-                f'"{vm.spec.das_ref.name}" is not defined in namespace "{ns}" by these manifests; '
-                "add it or fix the name"
-            )
+    refs = [  # (kind, its reference field, the kind it names)
+        ("DataAugmentation", "fm_ref", "fmRef", "FoundationModel"),
+        ("VerticalModel", "das_ref", "dasRef", "DataAugmentation"),
+    ]
+    for kind, attr, field_name, upstream in refs:
+        for res in bundle.of_kind(kind):
+            ns, ref = res.metadata.namespace, getattr(res.spec, attr).name
+            if bundle.find(upstream, ns, ref) is None:
+                problems.append(
+                    f'{kind} "{ns}/{res.metadata.name}": spec.{field_name}.name: {upstream} "{ref}" is not '
+                    f'defined in namespace "{ns}" by these manifests; add it or fix the name'
+                )
     for ds in bundle.datasets:
         if ds.spec.import_ is not None:
             src = Path(ds.source_dir) / ds.spec.import_.path
@@ -175,41 +155,26 @@ def load_bundle(paths: list[str | Path]) -> Bundle:
     """Load and validate files/directories; raises :class:`ManifestError` listing every problem."""
     problems: list[str] = []
     bundle = Bundle()
-    seen: dict[tuple[str, str, str], str] = {}
-    for f in _files(paths, problems):
+    names = UniqueNames()
+    for doc, where, f in read_yaml_documents(paths, problems):
         try:
-            docs = list(yaml.safe_load_all(f.read_text()))
-        except yaml.YAMLError as err:
-            problems.append(f"{f}: not valid YAML: {err}")
-            continue
-        for i, doc in enumerate(docs):
-            if doc is None:
-                continue
-            where = f"{f}#{i}"
-            try:
-                if isinstance(doc, dict) and doc.get("kind") == DATASET_KIND:
-                    obj: Any = _parse_dataset(doc, where, f.parent)
-                elif isinstance(doc, dict) and doc.get("kind") not in KINDS:
-                    kinds = ", ".join([*KINDS, DATASET_KIND])
-                    raise ManifestError(
-                        [f"{where}: unknown kind {doc.get('kind')!r}; expected one of {kinds}"]
-                    )
-                else:
-                    obj = parse_resource(doc, where)
-            except ManifestError as err:
-                problems.extend(err.problems)
-                continue
-            key = (obj.kind, obj.metadata.namespace, obj.metadata.name)
-            if key in seen:
-                problems.append(
-                    f'{obj.kind} "{key[1]}/{key[2]}" ({where}): defined twice (first at {seen[key]})'
-                )
-                continue
-            seen[key] = where
-            if isinstance(obj, DatasetDoc):
-                bundle.datasets.append(obj)
+            if isinstance(doc, dict) and doc.get("kind") == DATASET_KIND:
+                obj: Any = _parse_dataset(doc, where, f.parent)
+            elif isinstance(doc, dict) and doc.get("kind") not in KINDS:
+                kinds = ", ".join([*KINDS, DATASET_KIND])
+                raise ManifestError([f"{where}: unknown kind {doc.get('kind')!r}; expected one of {kinds}"])
             else:
-                bundle.resources.append(obj)
+                obj = parse_resource(doc, where)
+        except ManifestError as err:
+            problems.extend(err.problems)
+            continue
+        repeated = names.repeated(obj.kind, obj.metadata.namespace, obj.metadata.name, where)
+        if repeated:
+            problems.append(repeated)
+        elif isinstance(obj, DatasetDoc):
+            bundle.datasets.append(obj)
+        else:
+            bundle.resources.append(obj)
     if not problems:
         problems.extend(check_references(bundle))
     if problems:
@@ -273,5 +238,6 @@ def localize(bundle: Bundle, root: str | None) -> Bundle:
 
 
 def resource_label(res: FoundationModel | DataAugmentation | VerticalModel | DatasetDoc) -> str:
-    short = {"FoundationModel": "fm", "DataAugmentation": "das", "VerticalModel": "vm", "Dataset": "dataset"}
-    return f"{short[res.kind]}/{res.metadata.name}"
+    """``fm/<name>``, ``das/<name>``, ``vm/<name>`` or ``dataset/<name>``."""
+    short = SHORT_NAMES.get(res.kind, "dataset")
+    return f"{short}/{res.metadata.name}"

@@ -32,20 +32,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from exfm_operator.api import DataAugmentation, FoundationModel, VerticalModel
+from exfm_operator.api import SHORT_NAMES, DataAugmentation, FoundationModel, VerticalModel
 from exfm_operator.launcher import Launcher, make_launcher
 from exfm_operator.local.manifests import Bundle, resource_label
 from exfm_operator.local.progress import ProgressRow, Reporter
 from exfm_operator.local.workdir import Workdir
 from exfm_operator.observe import GpuQuota, StorageObserver, apply, observe_world
 from exfm_operator.planner import (
-    JOB_KIND_OF,
     Plan,
     SubmitJob,
     World,
-    plan_data_augmentation,
-    plan_foundation_model,
-    plan_vertical_model,
+    plan_resource,
 )
 
 EXIT_OK = 0
@@ -163,12 +160,7 @@ class LocalRunner:
         target = res
         if suspend:
             target = res.model_copy(update={"spec": res.spec.model_copy(update={"suspend": True})})
-        fm, das = self._upstream(res)
-        if isinstance(res, FoundationModel):
-            return plan_foundation_model(target, world)
-        if isinstance(res, DataAugmentation):
-            return plan_data_augmentation(target, fm, world)
-        return plan_vertical_model(target, das, world)
+        return plan_resource(target, world, *self._upstream(res))
 
     def run_pass(self, suspend: bool = False) -> tuple[PassResult, list[ProgressRow]]:
         """Observe, plan and apply every resource once (FM, then DAS, then VM)."""
@@ -274,7 +266,7 @@ class LocalRunner:
         job = f"{active.name} ({active.state.lower()})" if active is not None else ""
         phase = "Queued" if held else status.phase
         return ProgressRow(
-            kind=JOB_KIND_OF[res.kind].split("-")[0],
+            kind=SHORT_NAMES[res.kind],
             name=res.metadata.name,
             done=done,
             total=max(total, done),

@@ -65,6 +65,7 @@ def status_row(rec: ResourceStatus, now: float | None = None) -> dict[str, Any]:
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
+    """A :func:`status_row` as the cells of the ``exfm status`` table."""
     def dash(v: Any) -> str:
         return "-" if v is None else str(v)
 
@@ -82,5 +83,6 @@ def table_cells(row: dict[str, Any]) -> list[str]:
 
 
 def status_rows(records: list[ResourceStatus], now: float | None = None) -> list[dict[str, Any]]:
+    """:func:`status_row` of every record, in FM, DAS, VM order."""
     ordered = sorted(records, key=lambda r: (ORDER.get(r.kind, 9), r.namespace, r.name))
     return [status_row(r, now) for r in ordered]

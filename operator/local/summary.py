@@ -22,6 +22,7 @@ def _note(status: Any) -> str:
 
 
 def summary_rows(bundle: Bundle) -> list[list[str]]:
+    """One table row per resource of a finished local run, from its stored status."""
     rows = []
     for res in bundle.resources:
         st = res.status

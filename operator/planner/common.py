@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from exfm_operator.api.common import CheckpointStatus, WindowRange, WindowSpan
+from exfm_operator.api.common import CheckpointStatus, Training, WindowRange, WindowSpan
 from exfm_operator.planner.world import CheckpointInfo
+from exfm_trainer.jobs import Optim
 
 
 def spans(windows: Iterable[int]) -> list[WindowSpan]:
@@ -20,10 +21,12 @@ def spans(windows: Iterable[int]) -> list[WindowSpan]:
 
 
 def latest(checkpoints: Iterable[CheckpointInfo]) -> CheckpointInfo | None:
+    """The checkpoint with the highest last window (ties: highest version), or None."""
     return max(checkpoints, key=lambda c: (c.last_window, c.version), default=None)
 
 
 def checkpoint_status(ckpt: CheckpointInfo | None) -> CheckpointStatus | None:
+    """The status block of a checkpoint (None for None)."""
     if ckpt is None:
         return None
     return CheckpointStatus(
@@ -37,3 +40,10 @@ def contiguous_run(start: int, available: set[int], limit: int, rng: WindowRange
     while n < limit and (start + n) in available and rng.contains(start + n):
         n += 1
     return n
+
+
+def optim(training: Training) -> Optim:
+    """The job's optimizer settings from a spec's ``training`` block (FM and VM)."""
+    return Optim(
+        embedding_lr=training.embedding_lr, dense_lr=training.dense_lr, weight_decay=training.weight_decay
+    )

@@ -14,16 +14,16 @@ from exfm_operator.api.common import (
     CONDITION_TYPES,
     Condition,
     JobStatus,
-    Resources,
     RetryPolicy,
     StatusBase,
     WindowSpan,
 )
 from exfm_operator.api.load import field_path
+from exfm_operator.api.resources import Resource
 from exfm_operator.planner.actions import Action, CancelJob, EmitEvent, Plan, SubmitJob
 from exfm_operator.planner.naming import job_labels, job_name
 from exfm_operator.planner.resolve import SpecProblem
-from exfm_operator.planner.world import JobInfo, JobKind, World
+from exfm_operator.planner.world import JOB_KIND_OF, JobInfo, World
 from exfm_trainer.jobs import JobConfigError
 
 
@@ -39,16 +39,11 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Target:
-    """Everything the skeleton needs to know about one resource, resolved by the kind's planner."""
+    """What the skeleton cannot read from the resource itself, resolved by the kind's planner."""
 
-    owner_kind: str
-    job_kind: JobKind
     chunk: Chunk
     build_config: Callable[[tuple[int, int]], dict[str, Any]]
-    resources: Resources
-    image: str
-    secret: str | None
-    retry: RetryPolicy
+    secret: str | None  # storage credentials Secret of the job
 
 
 def _fmt(w: tuple[int, int]) -> str:
@@ -56,6 +51,7 @@ def _fmt(w: tuple[int, int]) -> str:
 
 
 def job_status(job: JobInfo, attempt: int = 0) -> JobStatus:
+    """The ``status.activeJob`` block of an observed job."""
     return JobStatus(
         name=job.name,
         handle=job.handle,
@@ -117,23 +113,18 @@ def _config_problem(err: Exception) -> SpecProblem:
 
 
 def reconcile(
-    meta_status: StatusBase,
-    prev: StatusBase,
-    *,
-    name: str,
-    namespace: str,
-    uid: str | None,
-    generation: int | None,
-    suspend: bool,
-    deleting: bool,
-    has_output: bool,
-    world: World,
-    job_kind: JobKind,
-    target: Callable[[], Target],
-    reserve_fm_gpus: bool,
+    status: StatusBase, resource: Resource, world: World, target: Callable[[], Target], *, has_output: bool
 ) -> Plan:
-    """Fill ``meta_status`` (already holding the observed facts) and decide the actions."""
-    status = meta_status
+    """Fill ``status`` (already holding the observed facts) and decide the actions for ``resource``.
+
+    ``target`` is called once suspend/delete are handled; it raises :class:`SpecProblem` when the spec
+    or an upstream resource is not usable yet. DAS and VM jobs leave ``world.pending_fm_gpus`` free.
+    """
+    meta, spec, prev = resource.metadata, resource.spec, resource.status
+    name, namespace, uid, generation = meta.name, meta.namespace, meta.uid, meta.generation
+    job_kind = JOB_KIND_OF[resource.kind]
+    deleting = meta.deletion_timestamp is not None
+    retry: RetryPolicy = spec.retry
     now = world.now
     status.observed_generation = generation
     jobs = [j for j in world.jobs if j.kind == job_kind]
@@ -152,7 +143,7 @@ def reconcile(
         actions.extend(_transition_events(prev, status))
         return Plan(actions=actions, status=status)
 
-    if deleting or suspend:
+    if deleting or spec.suspend:
         for job in active:
             why = "resource deleted" if deleting else "spec.suspend is true"
             actions.append(CancelJob(job_name=job.name, handle=job.handle, reason=why))
@@ -193,7 +184,7 @@ def reconcile(
         states["Progressing"] = (True, "JobRunning", f"job {current.name} ({current.state}) on windows "
                                  f"{_fmt(current.windows)}")  # fmt: skip
         if failed:
-            msg = f"retry {len(failed)}/{tgt.retry.limit} after: {_failure_message(failed[-1])}"
+            msg = f"retry {len(failed)}/{retry.limit} after: {_failure_message(failed[-1])}"
             states["Degraded"] = (True, "Retrying", msg)
             status.last_error = _failure_message(failed[-1])
         return finish("Running")
@@ -213,29 +204,30 @@ def reconcile(
     if failed:
         last = max(failed, key=lambda j: (j.finished_at or j.started_at or now, j.name))
         status.last_error = _failure_message(last)
-        if len(failed) > tgt.retry.limit:
-            msg = f"windows {_fmt(windows)} failed {len(failed)} times (retry.limit {tgt.retry.limit}): " + (
+        if len(failed) > retry.limit:
+            msg = f"windows {_fmt(windows)} failed {len(failed)} times (retry.limit {retry.limit}): " + (
                 status.last_error
             )
             states["Degraded"] = (True, "RetriesExhausted", msg)
             states["Progressing"] = (False, "RetriesExhausted", "raise retry.limit or fix the cause")
             return finish("Failed")
-        ready_at = (last.finished_at or last.started_at or now) + backoff(tgt.retry, len(failed))
+        ready_at = (last.finished_at or last.started_at or now) + backoff(retry, len(failed))
         if now < ready_at:
             status.next_retry_time = ready_at
-            msg = f"{status.last_error}; retry {len(failed)}/{tgt.retry.limit} at {ready_at.isoformat()}"
+            msg = f"{status.last_error}; retry {len(failed)}/{retry.limit} at {ready_at.isoformat()}"
             states["Degraded"] = (True, "JobFailed", msg)
             states["Progressing"] = (False, "BackingOff", msg)
             return finish("Degraded")
-        states["Degraded"] = (True, "Retrying", f"retry {len(failed)}/{tgt.retry.limit}: {status.last_error}")
+        states["Degraded"] = (True, "Retrying", f"retry {len(failed)}/{retry.limit}: {status.last_error}")
 
-    gpus = tgt.resources.total_gpus
+    res = spec.resources
+    gpus = res.total_gpus
     if world.gpu_budget is not None and gpus > 0:
-        reserved = world.pending_fm_gpus if reserve_fm_gpus else 0
+        reserved = world.pending_fm_gpus if resource.kind != "FoundationModel" else 0
         free = world.gpu_budget - world.gpu_in_use - reserved
         if gpus > free:
             msg = (
-                f"job needs {gpus} GPUs ({tgt.resources.replicas} replicas x {tgt.resources.gpu}); namespace "
+                f"job needs {gpus} GPUs ({res.replicas} replicas x {res.gpu}); namespace "
                 f"{namespace} uses {world.gpu_in_use} of its {world.gpu_budget} GPU budget"
                 + (f" and {reserved} are held for waiting FoundationModel jobs" if reserved else "")
                 + (" (the job can never fit: lower spec.resources)" if gpus > world.gpu_budget else "")
@@ -260,9 +252,9 @@ def reconcile(
         job_kind=job_kind,
         config=config,
         windows=windows,
-        resources=tgt.resources,
-        image=tgt.image,
-        labels=job_labels(tgt.owner_kind, name, uid, job_kind, windows, attempt),
+        resources=spec.resources,
+        image=spec.image,
+        labels=job_labels(resource.kind, name, uid, job_kind, windows, attempt),
         env_from_secret=tgt.secret,
         attempt=attempt,
     )

@@ -90,7 +90,7 @@ def _observed_status(
     status.counters.windows_processed = len(wins)
     if fm is not None:
         try:
-            schema = dataset_schema(das_input(das, fm), world.dataset_schema, "spec.dataset")
+            schema = dataset_schema(das_input(das, fm), "spec.dataset")
             status.output = DASOutput(
                 storage=das_storage(das, fm), uri=das_output_uri(das, fm), schema=schema
             )
@@ -119,7 +119,7 @@ def plan_data_augmentation(
             if spec.dataset is not None
             else f"FoundationModel {fm.metadata.name!r} spec.dataset"
         )
-        schema = dataset_schema(dataset, world.dataset_schema, field)
+        schema = dataset_schema(dataset, field)
 
         def build(windows: tuple[int, int]) -> dict:
             job = DASJob(
@@ -134,30 +134,7 @@ def plan_data_augmentation(
             )
             return job.model_dump(mode="json", by_alias=True)
 
-        return Target(
-            owner_kind="DataAugmentation",
-            job_kind="das",
-            chunk=next_das_chunk(das, fm, world),
-            build_config=build,
-            resources=spec.resources,
-            image=spec.image,
-            secret=storage.secret_ref,
-            retry=spec.retry,
-        )
+        return Target(chunk=next_das_chunk(das, fm, world), build_config=build, secret=storage.secret_ref)
 
     status = _observed_status(das, fm, world)
-    return reconcile(
-        status,
-        das.status,
-        name=meta.name,
-        namespace=meta.namespace,
-        uid=meta.uid,
-        generation=meta.generation,
-        suspend=spec.suspend,
-        deleting=meta.deletion_timestamp is not None,
-        has_output=bool(world.das_windows),
-        world=world,
-        job_kind="das",
-        target=target,
-        reserve_fm_gpus=True,
-    )
+    return reconcile(status, das, world, target, has_output=bool(world.das_windows))

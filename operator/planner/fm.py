@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from exfm_operator.api.resources import FMLineage, FoundationModel, FoundationModelStatus
 from exfm_operator.planner.actions import Plan
-from exfm_operator.planner.common import checkpoint_status, contiguous_run, latest, spans
+from exfm_operator.planner.common import checkpoint_status, contiguous_run, latest, optim, spans
 from exfm_operator.planner.core import Chunk, Target, reconcile
 from exfm_operator.planner.resolve import dataset_schema
 from exfm_operator.planner.world import World
-from exfm_trainer.jobs import DatasetRef, FMTrainJob, Optim
+from exfm_trainer.jobs import DatasetRef, FMTrainJob
 from exfm_trainer.jobs import WindowRange as JobWindows
 
 
@@ -55,7 +55,7 @@ def plan_foundation_model(fm: FoundationModel, world: World) -> Plan[FoundationM
     meta, spec = fm.metadata, fm.spec
 
     def target() -> Target:
-        schema = dataset_schema(spec.dataset, world.dataset_schema, "spec.dataset")
+        schema = dataset_schema(spec.dataset, "spec.dataset")
 
         def build(windows: tuple[int, int]) -> dict:
             job = FMTrainJob(
@@ -69,38 +69,11 @@ def plan_foundation_model(fm: FoundationModel, world: World) -> Plan[FoundationM
                 keep_checkpoints=spec.retention.keep_checkpoints,
                 dataset=DatasetRef(uri=spec.dataset.uri, schema=schema),
                 preset=spec.preset,
-                optim=Optim(
-                    embedding_lr=spec.training.embedding_lr,
-                    dense_lr=spec.training.dense_lr,
-                    weight_decay=spec.training.weight_decay,
-                ),
+                optim=optim(spec.training),
             )
             return job.model_dump(mode="json", by_alias=True)
 
-        return Target(
-            owner_kind="FoundationModel",
-            job_kind="fm-train",
-            chunk=next_fm_chunk(fm, world),
-            build_config=build,
-            resources=spec.resources,
-            image=spec.image,
-            secret=spec.storage.secret_ref,
-            retry=spec.retry,
-        )
+        return Target(chunk=next_fm_chunk(fm, world), build_config=build, secret=spec.storage.secret_ref)
 
     status = _observed_status(fm, world)
-    return reconcile(
-        status,
-        fm.status,
-        name=meta.name,
-        namespace=meta.namespace,
-        uid=meta.uid,
-        generation=meta.generation,
-        suspend=spec.suspend,
-        deleting=meta.deletion_timestamp is not None,
-        has_output=status.latest_checkpoint is not None,
-        world=world,
-        job_kind="fm-train",
-        target=target,
-        reserve_fm_gpus=False,
-    )
+    return reconcile(status, fm, world, target, has_output=status.latest_checkpoint is not None)

@@ -20,7 +20,7 @@ _PREFIX = {"fm-train": "fm", "das": "das", "vm-train": "vm"}
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def _label_value(value: str) -> str:
+def label_value(value: str) -> str:
     """A valid label value (<= 63 chars, alnum at both ends)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", value)[:63]
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
@@ -48,12 +48,12 @@ def job_labels(
     labels = {
         MANAGED_BY: "exfm",
         LABEL_OWNER_KIND: owner_kind,
-        LABEL_OWNER_NAME: _label_value(name),
+        LABEL_OWNER_NAME: label_value(name),
         LABEL_JOB_KIND: job_kind,
         LABEL_WINDOW_START: str(windows[0]),
         LABEL_WINDOW_END: str(windows[1]),
         LABEL_ATTEMPT: str(attempt),
     }
     if uid:
-        labels[LABEL_OWNER_UID] = _label_value(uid)
+        labels[LABEL_OWNER_UID] = label_value(uid)
     return labels

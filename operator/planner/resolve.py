@@ -24,6 +24,7 @@ def join_uri(root: str, path: str) -> str:
 
 
 def fm_checkpoints_uri(fm: FoundationModel) -> str:
+    """URI of the folder holding the FM's checkpoint versions."""
     return join_uri(fm.spec.storage.uri, layout.fm_checkpoints(fm.metadata.namespace, fm.metadata.name))
 
 
@@ -48,16 +49,14 @@ def das_output_uri(das: DataAugmentation, fm: FoundationModel) -> str:
     return join_uri(das_storage(das, fm).uri, layout.das_output(das.metadata.namespace, das.metadata.name))
 
 
-def dataset_schema(dataset: DatasetSpec, observed: FeatureSchema | None, field: str) -> FeatureSchema:
-    """The dataset's schema: from the spec, else the synthetic generator's, else the observed one."""
+def dataset_schema(dataset: DatasetSpec, field: str) -> FeatureSchema:
+    """The dataset's schema: from the spec, else the one the synthetic generator writes."""
     try:
         schema = dataset.resolved_schema()
     except ValueError as err:
         raise SpecProblem(f"{field}.synthetic", str(err)) from None
     if schema is not None:
         return schema
-    if observed is not None:
-        return observed
     raise SpecProblem(f"{field}.schema", "not set: declare the schema (label, dense, sparse columns)")
 
 
@@ -69,6 +68,7 @@ def vm_storage(vm: VerticalModel, das: DataAugmentation) -> StorageSpec | None:
 
 
 def vm_checkpoints_uri(vm: VerticalModel, das: DataAugmentation) -> str | None:
+    """URI of the folder holding the VM's checkpoint versions (None until its storage is known)."""
     storage = vm_storage(vm, das)
     if storage is None:
         return None

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from exfm_operator.api.resources import DataAugmentation, VerticalModel, VerticalModelStatus, VMLineage
 from exfm_operator.planner.actions import Plan
-from exfm_operator.planner.common import checkpoint_status, contiguous_run, latest, spans
+from exfm_operator.planner.common import checkpoint_status, contiguous_run, latest, optim, spans
 from exfm_operator.planner.core import Chunk, Target, reconcile
 from exfm_operator.planner.resolve import SpecProblem, vm_storage
 from exfm_operator.planner.world import World
-from exfm_trainer.jobs import ArtifactRef, DatasetRef, Distillation, Optim, VMTrainJob
+from exfm_trainer.jobs import ArtifactRef, DatasetRef, Distillation, VMTrainJob
 from exfm_trainer.jobs import WindowRange as JobWindows
 
 
@@ -115,38 +115,11 @@ def plan_vertical_model(
                     adapter_weight=d.adapter_weight,
                 ),
                 export=spec.export,
-                optim=Optim(
-                    embedding_lr=spec.training.embedding_lr,
-                    dense_lr=spec.training.dense_lr,
-                    weight_decay=spec.training.weight_decay,
-                ),
+                optim=optim(spec.training),
             )
             return job.model_dump(mode="json", by_alias=True)
 
-        return Target(
-            owner_kind="VerticalModel",
-            job_kind="vm-train",
-            chunk=next_vm_chunk(vm, das, world),
-            build_config=build,
-            resources=spec.resources,
-            image=spec.image,
-            secret=storage.secret_ref,
-            retry=spec.retry,
-        )
+        return Target(chunk=next_vm_chunk(vm, das, world), build_config=build, secret=storage.secret_ref)
 
     status = _observed_status(world)
-    return reconcile(
-        status,
-        vm.status,
-        name=meta.name,
-        namespace=meta.namespace,
-        uid=meta.uid,
-        generation=meta.generation,
-        suspend=spec.suspend,
-        deleting=meta.deletion_timestamp is not None,
-        has_output=status.latest_checkpoint is not None,
-        world=world,
-        job_kind="vm-train",
-        target=target,
-        reserve_fm_gpus=True,
-    )
+    return reconcile(status, vm, world, target, has_output=status.latest_checkpoint is not None)

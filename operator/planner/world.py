@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from exfm_trainer.schema import FeatureSchema
-
 JobKind = Literal["fm-train", "das", "vm-train"]
 JobState = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN"]
 ACTIVE_STATES: frozenset[str] = frozenset({"PENDING", "RUNNING", "UNKNOWN"})
+JOB_KIND_OF: dict[str, JobKind] = {
+    "FoundationModel": "fm-train",
+    "DataAugmentation": "das",
+    "VerticalModel": "vm-train",
+}
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,6 @@ class World:
     - ``gpu_in_use``: GPUs requested by active exfm jobs in the namespace; ``gpu_budget`` None = no limit.
     - ``pending_fm_gpus``: GPUs of FoundationModels in the namespace that wait for quota (their
       QuotaExceeded condition is True); DAS and VM jobs leave this much headroom.
-    - ``dataset_schema``: schema read next to a synthetic dataset when its spec has none.
     """
 
     now: datetime
@@ -83,4 +85,3 @@ class World:
     gpu_in_use: int = 0
     gpu_budget: int | None = None
     pending_fm_gpus: int = 0
-    dataset_schema: FeatureSchema | None = None

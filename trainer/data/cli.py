@@ -28,6 +28,7 @@ def _verticals(text: str) -> int | list[str]:
 
 
 def synth_parser() -> argparse.ArgumentParser:
+    """Arguments of ``synth``."""
     p = argparse.ArgumentParser(prog="exfm synth", description="Write a synthetic multi-vertical ads stream.")
     p.add_argument("--out", required=True, help="Dataset root (path or s3://bucket/prefix).")
     p.add_argument("--windows", type=int, default=12)
@@ -70,6 +71,7 @@ def main_synth(argv: Sequence[str] | None = None) -> int:
 
 
 def import_parser() -> argparse.ArgumentParser:
+    """Arguments of ``import criteo|table``."""
     p = argparse.ArgumentParser(prog="exfm import", description="Import raw files into windowed Parquet.")
     sub = p.add_subparsers(dest="kind", required=True)
     c = sub.add_parser("criteo", help="Criteo TSV: windows of N rows in file order.")
@@ -131,6 +133,7 @@ def main_import(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``synth ...`` or ``import ...``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("synth", "import"):
         print("usage: python -m exfm_trainer.data.cli {synth,import} ...", file=sys.stderr)

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from exfm_trainer.storage.base import Storage, StorageError
 
@@ -21,12 +21,19 @@ MANIFEST = "MANIFEST.json"
 COMMITTED = "_COMMITTED"
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def _digest(fh: BinaryIO) -> tuple[str, int]:
+    """Hex sha256 and size of a stream, read in 8 MiB chunks."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: fh.read(8 << 20), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a local file (streamed)."""
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return _digest(fh)[0]
 
 
 def is_committed(storage: Storage, prefix: str) -> bool:
@@ -81,12 +88,17 @@ def commit_artifact(
     """
     prefix = prefix.rstrip("/")
     if is_committed(storage, prefix):
-        raise StorageError(f"{storage.uri(prefix)} is already committed; artifacts are immutable")
+        raise StorageError(
+            f"{storage.uri(prefix)} is already committed; artifacts are immutable: write a new version, "
+            "or delete this one first (delete_artifact)"
+        )
     abort_uncommitted(storage, prefix)
     entries: dict[str, dict[str, Any]] = {}
     for name, src in sorted(files.items()):
         if name in (MANIFEST, COMMITTED):
-            raise StorageError(f"file name {name!r} is reserved by the commit protocol")
+            raise StorageError(
+                f"file name {name!r} of {storage.uri(prefix)} is reserved by the commit protocol; rename it"
+            )
         key = f"{prefix}/{name}"
         if isinstance(src, bytes):
             storage.put_bytes(key, src)
@@ -94,7 +106,7 @@ def commit_artifact(
         else:
             path = Path(src)
             storage.put_file(key, path)
-            entries[name] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
+            entries[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = {**dict(metadata), "files": entries, "committed_at": time.time()}
     storage.put_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=2, sort_keys=True).encode())
     storage.put_bytes(f"{prefix}/{COMMITTED}", b"")
@@ -104,18 +116,19 @@ def commit_artifact(
 def verify_artifact(storage: Storage, prefix: str) -> None:
     """Check every file of a committed artifact against its manifest's size and checksum (streamed)."""
     manifest = read_manifest(storage, prefix)
+    fix = "the artifact is damaged: delete it (delete_artifact) and write it again"
     for name, entry in manifest.get("files", {}).items():
         key = f"{prefix.rstrip('/')}/{name}"
-        digest, size = hashlib.sha256(), 0
         try:
             with storage.open_read(key) as fh:
-                for chunk in iter(lambda fh=fh: fh.read(8 << 20), b""):
-                    digest.update(chunk)
-                    size += len(chunk)
+                sha256, size = _digest(fh)
         except FileNotFoundError:
-            raise StorageError(f"{storage.uri(key)} is listed in the manifest but missing") from None
-        if size != entry["size"] or digest.hexdigest() != entry["sha256"]:
-            raise StorageError(f"{storage.uri(key)} does not match its manifest")
+            raise StorageError(f"{storage.uri(key)} is listed in the manifest but missing; {fix}") from None
+        if size != entry["size"] or sha256 != entry["sha256"]:
+            raise StorageError(
+                f"{storage.uri(key)} does not match its manifest ({size} bytes, sha256 {sha256[:12]}…; "
+                f"manifest: {entry['size']} bytes, sha256 {str(entry['sha256'])[:12]}…); {fix}"
+            )
 
 
 def delete_artifact(storage: Storage, prefix: str) -> int:
