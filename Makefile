@@ -1,6 +1,8 @@
 # The two commands of the README: `make demo` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The folder operator/ would shadow the standard library's `operator` for `python -m` run from here.
+export PYTHONSAFEPATH := 1
 
 .PHONY: setup demo test test-slow lint crds
 setup:

@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from exfm_operator.api.resources import DataAugmentation, FoundationModel, Resource
@@ -165,7 +165,7 @@ def job_info(job: JobRef) -> JobInfo:
         windows = (int(labels[LABEL_WINDOW_START]), int(labels[LABEL_WINDOW_END]))
     except (KeyError, ValueError):
         windows = (0, 0)
-    started = datetime.fromtimestamp(job.submitted_at, tz=timezone.utc) if job.submitted_at else None
+    started = datetime.fromtimestamp(job.submitted_at, tz=UTC) if job.submitted_at else None
     return JobInfo(
         name=job.job_name,
         kind=job.kind or labels.get(LABEL_KIND, "fm-train"),
@@ -351,7 +351,7 @@ def observe_world(
     resources = getattr(resource.spec, "resources", None)
     q = quota.read(ns, jobs, gpus=getattr(resources, "total_gpus", None))
     return World(
-        now=datetime.now(tz=timezone.utc),
+        now=datetime.now(tz=UTC),
         jobs=tuple(job_info(j) for j in jobs),
         gpu_in_use=q.in_use,
         gpu_budget=q.budget,

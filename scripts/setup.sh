@@ -5,6 +5,9 @@
 # break `import torchrec`; so torchrec is installed with --no-deps after its other dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The checkout holds a folder named `operator`; without this, `python -m ...` run from here would
+# import it instead of the standard library's `operator` module (Python >= 3.11).
+export PYTHONSAFEPATH=1
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

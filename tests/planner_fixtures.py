@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from exfm_operator.api import DataAugmentation, FoundationModel, VerticalModel
 from exfm_operator.planner import CheckpointInfo, DASWindowInfo, JobInfo, World, plan_data_augmentation
 
-NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SCHEMA = {"dense": ["d0"], "sparse": [{"name": "s0", "hash_buckets": 100}], "vertical": "vertical"}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROWS = 9_000
@@ -29,7 +29,7 @@ def main(out: Path = Path(__file__).with_name("clicks.csv"), seed: int = 11) -> 
     ad_cat = [rng.randrange(CATEGORIES) for _ in range(ADS)]
     ad_bias = [rng.gauss(0, 0.5) for _ in range(ADS)]
     site_bias = {"news": -0.3, "sports": 0.0, "shop": 0.4}
-    start = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    start = datetime(2024, 3, 1, tzinfo=UTC)
     with open(out, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(

@@ -132,6 +132,11 @@ def build_appdef(
         raise ValueError(f"job_kind {kind!r} is not one of fm-train, das, vm-train")
     resource, replicas = resource_of(_get(submit, "resources"))
     role_env = {str(k): str(v) for k, v in (env or {}).items()}
+    # The checkout holds a folder named `operator`, which shadows the standard library's module when
+    # a job's working directory is the checkout (local_cwd) and Python prepends it to sys.path.
+    role_env.setdefault("PYTHONSAFEPATH", "1")
+    # One intra-op thread per requested CPU: jobs sharing a machine must not oversubscribe it.
+    role_env.setdefault("OMP_NUM_THREADS", str(max(1, int(resource.cpu))))
     role_env["EXFM_JOB_NAME"] = submit.job_name
     role_env[f"{CONFIG_ENV}_ID"] = dns_name(submit.job_name)
     prologue = ""

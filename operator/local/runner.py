@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from exfm_operator.api import SHORT_NAMES, DataAugmentation, FoundationModel, VerticalModel
@@ -166,7 +166,7 @@ class LocalRunner:
         """Observe, plan and apply every resource once (FM, then DAS, then VM)."""
         result = PassResult()
         rows: list[ProgressRow] = []
-        now = datetime.now(tz=timezone.utc)
+        now = datetime.now(tz=UTC)
         self._claim_signals()
         for res in self.bundle.resources:
             label = resource_label(res)
