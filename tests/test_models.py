@@ -148,3 +148,51 @@ def test_serving_export_matches_serving_head_and_drops_aux_and_adapter(tmp_path)
     perm = kjt.permute([2, 0, 1])
     torch.testing.assert_close(predictor.predict(dense, perm), expected)
     assert predictor.schema == SCHEMA
+
+
+def test_fused_and_plain_tables_agree_when_pooling_types_interleave() -> None:
+    """Fused TBE groups tables by pooling; its pooled columns must still match the plain build."""
+    from exfm_trainer.models.embeddings import build_embeddings
+    from exfm_trainer.schema import FeatureSchema, SparseFeature
+
+    schema = FeatureSchema(
+        dense=["d0", "d1"],
+        sparse=[
+            SparseFeature(name="user", hash_buckets=200),
+            SparseFeature(name="tags", hash_buckets=50, multi_valued=True),
+            SparseFeature(name="item", hash_buckets=100),
+        ],
+    )
+    g = torch.Generator().manual_seed(3)
+    tag_lengths = torch.randint(1, 4, (B,), generator=g)
+    kjt = KeyedJaggedTensor(
+        keys=["user", "tags", "item"],
+        values=torch.cat(
+            [
+                torch.randint(0, 200, (B,), generator=g),
+                torch.randint(0, 50, (int(tag_lengths.sum()),), generator=g),
+                torch.randint(0, 100, (B,), generator=g),
+            ]
+        ),
+        lengths=torch.cat(
+            [torch.ones(B, dtype=torch.long), tag_lengths, torch.ones(B, dtype=torch.long)]
+        ).int(),
+    )
+    fused = build_embeddings(schema, 4, "fused")
+    plain = build_embeddings(schema, 4, "plain")
+    plain.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        got, want = fused(kjt).to_dict(), plain(kjt).to_dict()
+    for name in ("user", "tags", "item"):
+        torch.testing.assert_close(got[name], want[name])
+    weight = fused.state_dict()["embedding_bags.t1.weight"]  # "tags": mean of its rows
+    first = kjt["tags"].values()[: int(tag_lengths[0])]
+    torch.testing.assert_close(got["tags"][0], weight[first].mean(0))
+    # the whole FM agrees with its plain (DAS inference) rebuild
+    torch.manual_seed(0)
+    fm = FoundationModel(schema, "tiny").eval()
+    fm_plain = FoundationModel(schema, "tiny", embedding_mode="plain").eval()
+    fm_plain.load_state_dict(fm.state_dict())
+    dense = torch.randn(B, 2, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(fm(dense, kjt), fm_plain(dense, kjt))

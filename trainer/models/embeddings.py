@@ -33,8 +33,16 @@ def table_name(index: int) -> str:
 
 
 def table_configs(schema: FeatureSchema, dim: int | None) -> list[EmbeddingBagConfig]:
-    """One table per sparse feature; ``dim`` overrides the schema's per-feature width."""
-    return [
+    """One table per sparse feature; ``dim`` overrides the schema's per-feature width.
+
+    Tables are grouped by pooling (stable, in order of first appearance): torchrec's
+    :class:`FusedEmbeddingBagCollection` runs one kernel per pooling group and concatenates the
+    groups, but labels its output with the *ungrouped* key order. With interleaved SUM/MEAN tables
+    its pooled columns would then be mislabelled and differ from the plain/sharded builds of the
+    same weights (FM inference in the DAS and serving exports would read the wrong columns).
+    Grouped input makes both orders agree. Table names stay ``t<feature index>``.
+    """
+    configs = [
         EmbeddingBagConfig(
             name=table_name(i),
             embedding_dim=dim or f.embedding_dim,
@@ -44,6 +52,10 @@ def table_configs(schema: FeatureSchema, dim: int | None) -> list[EmbeddingBagCo
         )
         for i, f in enumerate(schema.sparse)
     ]
+    first: dict[PoolingType, int] = {}
+    for c in configs:
+        first.setdefault(c.pooling, len(first))
+    return sorted(configs, key=lambda c: first[c.pooling])
 
 
 def build_embeddings(
