@@ -76,6 +76,9 @@ class FMChoice:
     staleness: int
 
 
+READ_CHUNK_ROWS = 65_536  # rows read, augmented and written per step
+
+
 def _fm_versions(storage: Storage, ns: str, name: str) -> list[tuple[str, list[int]]]:
     """``(version, trained windows)`` of every committed FM checkpoint, oldest first."""
     parent = layout.fm_checkpoints(ns, name)
@@ -340,7 +343,10 @@ class DASRunner:
             assert out_schema is not None
             return pq.ParquetWriter(path, out_schema, compression="snappy")
 
-        for rb in iter_record_batches(self.data, window, None, self.job.batch_size):
+        # Read and write in large chunks (few Parquet row groups, little per-batch overhead) and run
+        # the FM on `batch_size` rows at a time.
+        bs = self.job.batch_size
+        for rb in iter_record_batches(self.data, window, None, max(bs, READ_CHUNK_ROWS)):
             table = pa.Table.from_batches([rb])
             if out_schema is None:
                 _check_columns(table.schema, fm_schema, window_uri, choice.uri)
@@ -348,17 +354,17 @@ class DASRunner:
             good, idx = _good_rows(table, fm_schema, stats, window)
             logits = np.zeros(table.num_rows, dtype=np.float32)
             valid = np.zeros(table.num_rows, dtype=bool)
-            if good.num_rows:
-                t0 = time.perf_counter()
-                batch = to_batch(good, fm_schema, False, window)
-                logits[idx] = module(batch).detach().float().cpu().numpy()
-                infer_s += time.perf_counter() - t0
-                valid[idx] = True
+            t0 = time.perf_counter()
+            for start in range(0, good.num_rows, bs):
+                batch = to_batch(good.slice(start, bs), fm_schema, False, window)
+                logits[idx[start : start + bs]] = module(batch).detach().float().cpu().numpy()
+            infer_s += time.perf_counter() - t0
+            valid[idx] = True
             table = table.append_column(
                 pa.field(FM_LOGIT_COLUMN, pa.float32()), pa.array(logits, mask=~valid, type=pa.float32())
             )
             table = table.append_column(
-                pa.field(FM_VERSION_COLUMN, pa.string()), pa.array([version_value.as_py()] * table.num_rows)
+                pa.field(FM_VERSION_COLUMN, pa.string()), pa.repeat(version_value, table.num_rows)
             )
             table = table.append_column(
                 pa.field(FM_WINDOW_COLUMN, pa.int64()),
