@@ -55,7 +55,6 @@ def child(stats_file: str) -> None:
 def _bounded_emulator_server(workdir: Path, counts: collections.Counter) -> object:
     """An ``EmulatorServer`` whose emulator forgets each request once served (counting it first)."""
     import attrs
-    import kmock
     from k8s.emulator import EmulatorServer, ExfmKubernetesEmulator
 
     @attrs.define(kw_only=True)
@@ -74,20 +73,7 @@ def _bounded_emulator_server(workdir: Path, counts: collections.Counter) -> obje
                         del log[i]
                         break
 
-    class BoundedServer(EmulatorServer):
-        async def _serve(self) -> None:
-            import asyncio
-
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            async with BoundedLogEmulator() as emulator, kmock.Server(emulator) as server:
-                emulator.register_defaults()
-                self.emulator = emulator
-                self.url = str(server.url).rstrip("/")
-                self._ready.set()
-                await self._stop.wait()
-
-    return BoundedServer(workdir)
+    return EmulatorServer(workdir, emulator_cls=BoundedLogEmulator)
 
 
 def _submitted_at(k8s: object, owners: set[str]) -> dict[str, float]:

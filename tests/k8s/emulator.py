@@ -357,9 +357,15 @@ class ExfmKubernetesEmulator(kmock.KubernetesEmulator):
 class EmulatorServer:
     """Runs :class:`ExfmKubernetesEmulator` on loopback in a thread; writes a kubeconfig for it."""
 
-    def __init__(self, workdir: str | Path, namespaces: tuple[str, ...] = ("default",)) -> None:
+    def __init__(
+        self,
+        workdir: str | Path,
+        namespaces: tuple[str, ...] = ("default",),
+        emulator_cls: type[ExfmKubernetesEmulator] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.namespaces = namespaces
+        self.emulator_cls = emulator_cls or ExfmKubernetesEmulator
         self.kubeconfig = self.workdir / "kubeconfig.yaml"
         self.emulator: ExfmKubernetesEmulator | None = None
         self.url = ""
@@ -391,7 +397,7 @@ class EmulatorServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with ExfmKubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        async with self.emulator_cls() as emulator, kmock.Server(emulator) as server:
             emulator.register_defaults()
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
