@@ -249,9 +249,16 @@ def write_report(data: ReportData, out: Path) -> Path:
             if ne:
                 style = "--" if name not in data.vms else "-"
                 ax.plot(list(ne), list(ne.values()), style, marker="o", label=name)
+        # The first windows of an untrained model sit far above the rest: scale the axis to the
+        # windows after the first quarter, where the comparison is made.
+        later = [v for ne in data.vm_ne.values() for w, v in ne.items() if w >= _quarter(ne)]
+        if later:
+            lo, hi = min(later), max(later)
+            pad = max((hi - lo) * 0.15, 0.005)
+            ax.set_ylim(lo - pad, hi + pad)
         ax.set_xlabel("window")
         ax.set_ylabel("NE")
-        ax.set_title("Progressive NE per window (dashed: baselines)")
+        ax.set_title("Progressive NE per window (dashed: baselines; early windows off scale)")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "vm_ne.png", dpi=100)
@@ -267,6 +274,8 @@ def write_report(data: ReportData, out: Path) -> Path:
             )
             ax.bar([x + 0.2 for x in xs], [data.vms[n]["exfm_ne"] for n in names], 0.4, label="ExFM")
             ax.set_xticks(list(xs), names, rotation=15)
+            values = [v for n in names for v in (data.vms[n]["baseline_ne"], data.vms[n]["exfm_ne"]) if v]
+            ax.set_ylim(min(values) * 0.98, max(values) * 1.01)  # differences of ~1% must be visible
             ax.set_ylabel("mean NE (second half)")
             ax.set_title("Baseline vs ExFM")
             ax.legend()
@@ -327,3 +336,9 @@ def write_report(data: ReportData, out: Path) -> Path:
     md.write_text("\n".join(lines))
     (out / "report.json").write_text(json.dumps(data.summary(), indent=2))
     return md
+
+
+def _quarter(ne: dict[int, float]) -> int:
+    """The first window after the first quarter of a model's evaluated windows."""
+    windows = sorted(ne)
+    return windows[len(windows) // 4] if windows else 0
