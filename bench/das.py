@@ -60,6 +60,17 @@ def _write_fm(storage: Storage, ref: DatasetRef, preset: str) -> str:
     return prefix
 
 
+def _rates(rows: int, wall: float, cpu: float) -> dict[str, float]:
+    """Rows and their rate per CPU second (``rows_per_s``) and per wall second."""
+    return {
+        "rows": rows,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rows_per_s": rows / cpu,
+        "rows_per_wall_s": rows / wall,
+    }
+
+
 def _das(storage: Storage, ref: DatasetRef, name: str, windows: list[int], batch: int) -> dict[str, float]:
     job = parse_job(
         {
@@ -77,14 +88,7 @@ def _das(storage: Storage, ref: DatasetRef, name: str, windows: list[int], batch
     wall, cpu = time.perf_counter(), _cpu()
     records = run_das(job, out=io.StringIO())  # type: ignore[arg-type]
     wall, cpu = time.perf_counter() - wall, _cpu() - cpu
-    rows = sum(r["rows"] for r in records)
-    return {
-        "rows": rows,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "rows_per_s": rows / cpu,
-        "rows_per_wall_s": rows / wall,
-    }
+    return _rates(sum(r["rows"] for r in records), wall, cpu)
 
 
 def _pure_inference(module: Any, ref: DatasetRef, windows: list[int], batch: int) -> dict[str, float]:
@@ -96,14 +100,7 @@ def _pure_inference(module: Any, ref: DatasetRef, windows: list[int], batch: int
             fwd += _cpu() - t0
             rows += len(b)
     wall, cpu = time.perf_counter() - wall, _cpu() - cpu
-    return {
-        "rows": rows,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "rows_per_s": rows / cpu,
-        "rows_per_wall_s": rows / wall,
-        "forward_only_rows_per_s": rows / fwd,
-    }
+    return {**_rates(rows, wall, cpu), "forward_only_rows_per_s": rows / fwd}
 
 
 def _student(

@@ -56,6 +56,7 @@ def _train(kind: str, config: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the exit code (see module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m exfm_trainer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -337,6 +337,7 @@ def second_half(values: Sequence[float | None]) -> float:
 
 
 def curve(metrics: Sequence[layout.WindowMetrics]) -> dict[str, list]:
+    """Per-window series (windows, NE, AUC, calibration, rows) of a job's metrics."""
     return {
         "windows": [m.window for m in metrics],
         "ne": [m.ne for m in metrics],
@@ -344,6 +345,11 @@ def curve(metrics: Sequence[layout.WindowMetrics]) -> dict[str, list]:
         "calibration": [m.calibration for m in metrics],
         "rows": [m.rows for m in metrics],
     }
+
+
+def with_second_half(c: dict[str, list]) -> dict[str, Any]:
+    """``c`` plus the :func:`second_half` means of its ``ne`` and ``auc`` series."""
+    return {**c, "ne_second_half": second_half(c["ne"]), "auc_second_half": second_half(c["auc"])}
 
 
 def fm_vertical_quality(aug: DatasetRef, windows: Sequence[int], verticals: Sequence[str]) -> dict[str, Any]:
@@ -369,10 +375,7 @@ def fm_vertical_quality(aug: DatasetRef, windows: Sequence[int], verticals: Sequ
             out[name]["windows"].append(w)
             out[name]["ne"].append(normalized_entropy(p, y[m]) if m.any() else None)
             out[name]["auc"].append(auc(p, y[m]) if m.any() else None)
-    return {
-        name: {**c, "ne_second_half": second_half(c["ne"]), "auc_second_half": second_half(c["auc"])}
-        for name, c in out.items()
-    }
+    return {name: with_second_half(c) for name, c in out.items()}
 
 
 # ---- the study ----------------------------------------------------------------------------------
@@ -466,6 +469,7 @@ def ensure_fm(run: StudyRun, preset: str, seed: int) -> list[layout.WindowMetric
 
 
 def ensure_das(run: StudyRun, fm_preset: str, seed: int, staleness: int, start: int) -> DatasetRef:
+    """The DAS output of the FM ``(fm_preset, seed)`` at ``staleness``, from window ``start`` on."""
     name = f"das-{fm_preset}-s{seed}-lag{staleness}-from{start}"
     with _Clock(run.timer, "das"):
         return run_lagged_das(
@@ -517,12 +521,7 @@ def vm_variants(
     res: dict[str, dict[str, dict[str, Any]]] = {v: {} for v in run.verticals}
     for (v, mode), (metrics, wall, cpu) in done.items():
         run.timer.add(f"vm-train:{mode}", wall, cpu)
-        c = curve(metrics)
-        res[v][mode] = {
-            **c,
-            "ne_second_half": second_half(c["ne"]),
-            "auc_second_half": second_half(c["auc"]),
-        }
+        res[v][mode] = with_second_half(curve(metrics))
     return res
 
 
@@ -561,6 +560,7 @@ def run_study(run: StudyRun, modes: Sequence[str] = MODES, workers: int = 1) -> 
 
 
 def parser() -> argparse.ArgumentParser:
+    """Arguments of ``python -m exfm_trainer study``."""
     ap = argparse.ArgumentParser(
         prog="python -m exfm_trainer study",
         description="Transfer study: FM -> lagged DAS -> VMs trained none/kd/aux/aux_sa per vertical.",
@@ -579,6 +579,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study CLI; 0 on success, 2 on bad input (the message says which)."""
     args = parser().parse_args(argv)
     import torch
 

@@ -16,6 +16,8 @@ def gain_pct(base: float, other: float) -> float:
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Markdown table lines (floats with 4 decimals)."""
+
     def cell(x: Any) -> str:
         if isinstance(x, float):
             return f"{x:.4f}"
@@ -40,6 +42,7 @@ def ablation_table(verticals: dict[str, dict[str, float]]) -> list[str]:
 
 
 def study_markdown(result: dict[str, Any]) -> str:
+    """``study.md`` of a :func:`exfm_trainer.study.run_study` result dict."""
     p = result["preset"]
     syn = p["synthetic"]
     lines = [

@@ -7,13 +7,14 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 from torchrec.modules.crossnet import LowRankCrossNet
 
-from exfm_trainer.models.embeddings import EmbeddingMode, PooledOrder, build_embeddings
-from exfm_trainer.models.layers import DenseTower, mlp
+from exfm_trainer.models.embeddings import EmbeddingMode
+from exfm_trainer.models.inputs import FeatureInputModel
+from exfm_trainer.models.layers import mlp
 from exfm_trainer.models.presets import FMPreset, fm_preset
 from exfm_trainer.schema import FeatureSchema
 
 
-class FoundationModel(nn.Module):
+class FoundationModel(FeatureInputModel):
     """``forward(dense [B, n_dense], sparse KJT) -> logits [B]``.
 
     The input of the cross stack is ``[dense_tower(dense), pooled embeddings...]``; DCNv2 layers
@@ -31,15 +32,7 @@ class FoundationModel(nn.Module):
         super().__init__()
         self.preset = fm_preset(preset) if isinstance(preset, str) else preset
         p = self.preset
-        self.schema = schema
-        self.sparse = (
-            build_embeddings(schema, p.embedding_dim, embedding_mode, embedding_lr, device)
-            if schema.sparse
-            else None
-        )
-        self._order = PooledOrder(schema, p.embedding_dim)
-        self.dense_tower = DenseTower(len(schema.dense), p.dense_dim)
-        width = self.dense_tower.out_dim + self._order.width
+        width = self._build_input(schema, p.embedding_dim, p.dense_dim, embedding_mode, embedding_lr, device)
         self.cross = LowRankCrossNet(in_features=width, num_layers=p.cross_layers, low_rank=p.cross_rank)
         self.top = mlp(width, p.mlp)
         self.out = nn.Linear(p.mlp[-1] if p.mlp else width, 1)
@@ -47,12 +40,6 @@ class FoundationModel(nn.Module):
         for module in (self.dense_tower, self.cross, self.top, self.out):
             module.to(dev)
 
-    def interaction_input(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        parts = [self.dense_tower(dense)]
-        if self.sparse is not None:
-            parts.append(self._order(self.sparse(sparse)))
-        return torch.cat(parts, dim=1)
-
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        x = self.cross(self.interaction_input(dense, sparse))
+        x = self.cross(self.feature_input(dense, sparse))
         return self.out(self.top(x)).squeeze(-1)

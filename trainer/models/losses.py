@@ -66,5 +66,6 @@ def vm_loss(
 def fm_loss(
     logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """FM loss ``BCE(logits, labels)`` and its parts (detached; no host sync)."""
     loss = bce(logits, labels, weight)
     return loss, {"bce": loss.detach()}

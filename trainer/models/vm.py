@@ -9,8 +9,9 @@ from torch import nn
 from torchrec import KeyedJaggedTensor
 
 from exfm_trainer.jobs import Distillation
-from exfm_trainer.models.embeddings import EmbeddingMode, PooledOrder, build_embeddings
-from exfm_trainer.models.layers import DenseTower, grad_scale, mlp
+from exfm_trainer.models.embeddings import EmbeddingMode
+from exfm_trainer.models.inputs import FeatureInputModel
+from exfm_trainer.models.layers import grad_scale, mlp
 from exfm_trainer.models.presets import VMPreset, vm_preset
 from exfm_trainer.schema import FeatureSchema
 
@@ -38,7 +39,7 @@ class StudentAdapter(nn.Module):
         return (z + self.net(z)).squeeze(-1)
 
 
-class VerticalModel(nn.Module):
+class VerticalModel(FeatureInputModel):
     """``forward(dense, sparse, fm_logit=None) -> VMOutput``.
 
     Heads exist only when used (DDP requires every parameter to receive a gradient): the aux head
@@ -58,15 +59,7 @@ class VerticalModel(nn.Module):
         self.preset = vm_preset(preset) if isinstance(preset, str) else preset
         self.distillation = distillation or Distillation()
         p, d = self.preset, self.distillation
-        self.schema = schema
-        self.sparse = (
-            build_embeddings(schema, p.embedding_dim, embedding_mode, embedding_lr, device)
-            if schema.sparse
-            else None
-        )
-        self._order = PooledOrder(schema, p.embedding_dim)
-        self.dense_tower = DenseTower(len(schema.dense), p.dense_dim)
-        width = self.dense_tower.out_dim + self._order.width
+        width = self._build_input(schema, p.embedding_dim, p.dense_dim, embedding_mode, embedding_lr, device)
         self.backbone = mlp(width, p.mlp)
         hidden = p.mlp[-1] if p.mlp else width
         self.serving_head = nn.Linear(hidden, 1)
@@ -78,10 +71,8 @@ class VerticalModel(nn.Module):
                 module.to(dev)
 
     def hidden(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        parts = [self.dense_tower(dense)]
-        if self.sparse is not None:
-            parts.append(self._order(self.sparse(sparse)))
-        return self.backbone(torch.cat(parts, dim=1))
+        """Backbone output [B, hidden] shared by the serving and aux heads."""
+        return self.backbone(self.feature_input(dense, sparse))
 
     def forward(
         self, dense: torch.Tensor, sparse: KeyedJaggedTensor, fm_logit: torch.Tensor | None = None
@@ -94,6 +85,9 @@ class VerticalModel(nn.Module):
         adapter = None
         if self.adapter is not None:
             if fm_logit is None:
-                raise ValueError("the student adapter needs the FM logit column (fm_logit); got none")
+                raise ValueError(
+                    "the student adapter needs the FM logit column (fm_logit); got none: "
+                    "train on a DAS output"
+                )
             adapter = self.adapter(fm_logit)
         return VMOutput(serving, aux, adapter)

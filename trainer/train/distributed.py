@@ -20,6 +20,8 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 @dataclass
 class DistContext:
+    """This process's place in the job: rank, world size and the device it trains on."""
+
     rank: int
     world_size: int
     device: torch.device
@@ -34,6 +36,7 @@ class DistContext:
 
 
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    """``cuda:<local_rank>`` for ``cuda`` (or ``auto`` with a GPU visible), else ``cpu``."""
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError(
@@ -58,6 +61,7 @@ def init_distributed(device_pref: str = "auto") -> DistContext:
 
 
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group joined by :func:`init_distributed` (no-op in one process)."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -85,6 +89,7 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
 
 
 def all_reduce_ints(values: list[int], ctx: DistContext, op: str = "sum") -> list[int]:
+    """Element-wise ``sum`` (or ``max``) of ``values`` over all ranks."""
     if not ctx.distributed:
         return list(values)
     t = torch.tensor(values, dtype=torch.int64, device=_comm_device(ctx))
@@ -102,6 +107,7 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
 
 
 def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op in one process)."""
     if ctx.distributed:
         dist.barrier()
 

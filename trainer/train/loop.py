@@ -38,6 +38,7 @@ from exfm_trainer.storage import Storage, open_storage
 from exfm_trainer.storage.commit import read_manifest
 from exfm_trainer.storage.retention import gc_checkpoints
 from exfm_trainer.train import distributed as D
+from exfm_trainer.train.metrics import window_metrics
 
 Kind = Literal["fm", "vm"]
 
@@ -155,6 +156,7 @@ class StreamingTrainer:
     # ---- main loop -----------------------------------------------------------------------------
 
     def run(self) -> RunResult:
+        """Resume, then process every ready window in order (checkpointing as configured)."""
         result = RunResult(resumed_from=self.resume())
         last = max(self.windows) if self.windows else -1
         ready = list_ready_windows(self.job.dataset.uri)
@@ -210,6 +212,7 @@ class StreamingTrainer:
         return batches, stats
 
     def process_window(self, window: int) -> layout.WindowMetrics:
+        """Evaluate, then train on one window (all ranks); returns its progressive metrics."""
         batches, local = self._load_window(window)
         reasons = sorted(local.skipped_by_reason)
         counts = D.all_reduce_ints(
@@ -233,8 +236,6 @@ class StreamingTrainer:
         gathered = D.gather_objects((logits, labels), self.ctx)
         all_logits = np.concatenate([g[0] for g in gathered])
         all_labels = np.concatenate([g[1] for g in gathered])
-        from exfm_trainer.train.metrics import window_metrics
-
         metrics = window_metrics(
             window,
             all_logits,
@@ -379,6 +380,7 @@ class StreamingTrainer:
         return version
 
     def trained_vm(self) -> VerticalModel:
+        """The VM being trained, outside any DMP wrapper."""
         model = D.unwrap(self.model)
         assert isinstance(model, VerticalModel)
         return model

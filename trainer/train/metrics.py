@@ -12,6 +12,7 @@ _EPS = 1e-7
 
 
 def logloss(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities ``p`` (clipped away from 0 and 1) against ``y``."""
     p = np.clip(p, _EPS, 1 - _EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
