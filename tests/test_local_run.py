@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from k8s.local_jobs import live_group_members
 
 from exfm_trainer import layout
 from exfm_trainer.storage import open_storage
@@ -86,19 +87,6 @@ def _committed(run: object) -> dict[str, float]:
     return out
 
 
-def _live_members(groups: set[int]) -> list[int]:
-    """Processes (not zombies) whose process group is one of ``groups``."""
-    live = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) in groups:
-            live.append(int(stat.parent.name))
-    return live
-
-
 def _jobs(workdir: Path) -> dict[str, dict]:
     return json.loads((workdir / "jobs" / "jobs.json").read_text())
 
@@ -129,9 +117,9 @@ def test_interrupt_then_resume_redoes_no_committed_window(tmp_path: Path) -> Non
     jobs = _jobs(workdir)
     groups = {pid for record in jobs.values() for pid in record["pids"]}
     deadline = time.monotonic() + 10
-    while _live_members(groups) and time.monotonic() < deadline:
+    while live_group_members(list(groups)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _live_members(groups)
+    assert not live_group_members(list(groups))
     assert any(r["cancelled"] for r in jobs.values()), "the active FM job was not cancelled"
 
     run = open_storage(workdir / "storage" / "exfm" / "run")
