@@ -66,6 +66,7 @@ def status_row(rec: ResourceStatus, now: float | None = None) -> dict[str, Any]:
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     """A :func:`status_row` as the cells of the ``exfm status`` table."""
+
     def dash(v: Any) -> str:
         return "-" if v is None else str(v)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from exfm_operator.api.common import CheckpointStatus, Training, WindowRange, WindowSpan
 from exfm_operator.planner.world import CheckpointInfo
 from exfm_trainer.jobs import Optim
+from exfm_trainer.jobs import WindowRange as JobWindows
 
 
 def spans(windows: Iterable[int]) -> list[WindowSpan]:
@@ -47,3 +49,19 @@ def optim(training: Training) -> Optim:
     return Optim(
         embedding_lr=training.embedding_lr, dense_lr=training.dense_lr, weight_decay=training.weight_decay
     )
+
+
+def training_job_fields(resource: Any, storage_uri: str, windows: tuple[int, int]) -> dict[str, Any]:
+    """The job-config fields an FM or VM training job takes from its resource, for ``windows``."""
+    meta, spec = resource.metadata, resource.spec
+    return {
+        "storage": storage_uri,
+        "namespace": meta.namespace,
+        "name": meta.name,
+        "windows": JobWindows(start=windows[0], end=windows[1]),
+        "batch_size": spec.training.batch_size,
+        "seed": spec.training.seed,
+        "device": spec.training.device,
+        "keep_checkpoints": spec.retention.keep_checkpoints,
+        "optim": optim(spec.training),
+    }

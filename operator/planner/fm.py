@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from exfm_operator.api.resources import FMLineage, FoundationModel, FoundationModelStatus
 from exfm_operator.planner.actions import Plan
-from exfm_operator.planner.common import checkpoint_status, contiguous_run, latest, optim, spans
+from exfm_operator.planner.common import (
+    checkpoint_status,
+    contiguous_run,
+    latest,
+    spans,
+    training_job_fields,
+)
 from exfm_operator.planner.core import Chunk, Target, reconcile
 from exfm_operator.planner.resolve import dataset_schema
 from exfm_operator.planner.world import World
 from exfm_trainer.jobs import DatasetRef, FMTrainJob
-from exfm_trainer.jobs import WindowRange as JobWindows
 
 
 def next_fm_chunk(fm: FoundationModel, world: World) -> Chunk:
@@ -52,24 +57,16 @@ def _observed_status(fm: FoundationModel, world: World) -> FoundationModelStatus
 
 def plan_foundation_model(fm: FoundationModel, world: World) -> Plan[FoundationModelStatus]:
     """Reconcile one FoundationModel against the observed world (pure)."""
-    meta, spec = fm.metadata, fm.spec
+    spec = fm.spec
 
     def target() -> Target:
         schema = dataset_schema(spec.dataset, "spec.dataset")
 
         def build(windows: tuple[int, int]) -> dict:
             job = FMTrainJob(
-                storage=spec.storage.uri,
-                namespace=meta.namespace,
-                name=meta.name,
-                windows=JobWindows(start=windows[0], end=windows[1]),
-                batch_size=spec.training.batch_size,
-                seed=spec.training.seed,
-                device=spec.training.device,
-                keep_checkpoints=spec.retention.keep_checkpoints,
+                **training_job_fields(fm, spec.storage.uri, windows),
                 dataset=DatasetRef(uri=spec.dataset.uri, schema=schema),
                 preset=spec.preset,
-                optim=optim(spec.training),
             )
             return job.model_dump(mode="json", by_alias=True)
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from exfm_operator.api.resources import DataAugmentation, VerticalModel, VerticalModelStatus, VMLineage
 from exfm_operator.planner.actions import Plan
-from exfm_operator.planner.common import checkpoint_status, contiguous_run, latest, optim, spans
+from exfm_operator.planner.common import (
+    checkpoint_status,
+    contiguous_run,
+    latest,
+    spans,
+    training_job_fields,
+)
 from exfm_operator.planner.core import Chunk, Target, reconcile
 from exfm_operator.planner.resolve import SpecProblem, vm_storage
 from exfm_operator.planner.world import World
 from exfm_trainer.jobs import ArtifactRef, DatasetRef, Distillation, VMTrainJob
-from exfm_trainer.jobs import WindowRange as JobWindows
 
 
 def next_vm_chunk(vm: VerticalModel, das: DataAugmentation, world: World) -> Chunk:
@@ -94,14 +99,7 @@ def plan_vertical_model(
 
         def build(windows: tuple[int, int]) -> dict:
             job = VMTrainJob(
-                storage=storage.uri,
-                namespace=meta.namespace,
-                name=meta.name,
-                windows=JobWindows(start=windows[0], end=windows[1]),
-                batch_size=spec.training.batch_size,
-                seed=spec.training.seed,
-                device=spec.training.device,
-                keep_checkpoints=spec.retention.keep_checkpoints,
+                **training_job_fields(vm, storage.uri, windows),
                 dataset=DatasetRef(uri=output.uri, schema=output.feature_schema),
                 das=ArtifactRef(namespace=das.metadata.namespace, name=das.metadata.name),
                 vertical=spec.vertical,
@@ -115,7 +113,6 @@ def plan_vertical_model(
                     adapter_weight=d.adapter_weight,
                 ),
                 export=spec.export,
-                optim=optim(spec.training),
             )
             return job.model_dump(mode="json", by_alias=True)
 
