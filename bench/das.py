@@ -116,7 +116,7 @@ def _student(
     for w in windows:
         for b in iter_batches(ref, w, batch, with_fm_logit=teacher is None):
             fm_logit = b.fm_logit if teacher is None else teacher(b)
-            out = vm(b.dense, b.sparse, fm_logit)
+            out = vm(b.dense, b.sparse)
             loss, _ = vm_loss(out, b.labels, fm_logit, distill)
             opt.zero_grad(set_to_none=True)
             loss.backward()

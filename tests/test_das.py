@@ -205,11 +205,12 @@ def test_schema_mismatch_between_fm_and_data(tmp_path: Path) -> None:
     ref = make_data(storage, windows=2)
     schema = ref.feature_schema
     other = schema.model_copy(
-        update={"sparse": [f.model_copy(update={"hash_buckets": 7}) for f in schema.sparse]}
+        update={"sparse": [f.model_copy(update={"hash_buckets": 7, "identity": None}) for f in schema.sparse]}
     )
     write_fm(storage, other, [0])
     with pytest.raises(
-        DASError, match=r"schema mismatch between the FM checkpoint .*00000 and the dataset.*hash_buckets=7"
+        DASError,
+        match=r"schema mismatch between the FM checkpoint .*00000 and the dataset.*by hash into 7 rows",
     ):
         run_das(das_job(storage, ref), out=io.StringIO())
     assert das_objects(storage) == []

@@ -66,9 +66,9 @@ def _aux_grad(beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(1)
     vm = VerticalModel(SCHEMA, "tiny", Distillation(mode="aux", beta=beta))
     dense, kjt, _, fm_logit = _inputs()
-    out = vm(dense, kjt, fm_logit)
+    out = vm(dense, kjt)
     bce(out.aux, distillation_target(fm_logit, 1.0)).backward()
-    return vm.backbone[0].weight.grad.clone(), vm.aux_head.weight.grad.clone()
+    return vm.backbone[0].weight.grad.clone(), vm.aux_head[-1].weight.grad.clone()
 
 
 def test_aux_gradient_scale_beta() -> None:
@@ -86,26 +86,36 @@ def test_aux_forward_is_identity_whatever_beta() -> None:
     for beta in (0.0, 0.3, 1.0):
         torch.manual_seed(2)
         vm = VerticalModel(SCHEMA, "tiny", Distillation(mode="aux", beta=beta))
-        outs.append(vm(*_inputs()[:2], _inputs()[3]).aux)
+        outs.append(vm(*_inputs()[:2]).aux)
     torch.testing.assert_close(outs[0], outs[1])
     torch.testing.assert_close(outs[0], outs[2])
 
 
-def test_adapter_target_is_stop_gradient() -> None:
-    cfg = Distillation(mode="aux", adapter=True, adapter_weight=5.0)
+def test_aux_head_is_a_configurable_tower() -> None:
+    linear = VerticalModel(SCHEMA, "tiny", Distillation(mode="aux", aux_tower=[]))
+    tower = VerticalModel(SCHEMA, "tiny", Distillation(mode="aux", aux_tower=[24, 8]))
+    widths = [m.out_features for m in tower.aux_head.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [24, 8, 1]
+    assert [m.out_features for m in linear.aux_head.modules() if isinstance(m, torch.nn.Linear)] == [1]
+
+
+def test_adapter_target_mixes_with_fixed_total_weight() -> None:
+    """FM and adapter targets share the distillation weight w: no doubling when the adapter is on."""
+    dense, kjt, labels, fm_logit = _inputs()
+    cfg = Distillation(mode="aux", alpha=2.0, weight=0.7, adapter=True, adapter_share=0.25)
     torch.manual_seed(3)
     vm = VerticalModel(SCHEMA, "tiny", cfg)
-    dense, kjt, labels, fm_logit = _inputs()
-    out = vm(dense, kjt, fm_logit)
-    loss, parts = vm_loss(out, labels, fm_logit, cfg)
-    loss.backward()
-    full = [p.grad.clone() for p in vm.adapter.parameters()]
-    vm.zero_grad()
-    out = vm(dense, kjt, fm_logit)
-    bce(out.adapter, labels).backward()  # only the adapter's own label fit
-    for g_full, g_fit in zip(full, [p.grad for p in vm.adapter.parameters()], strict=True):
-        torch.testing.assert_close(g_full, g_fit)
-    assert set(parts) == {"serving", "distill", "adapter", "adapter_distill"}
+    out = vm(dense, kjt)
+    p_sa = torch.sigmoid(fm_logit + 0.3)
+    loss, parts = vm_loss(out, labels, fm_logit, cfg, adapter_prob=p_sa)
+    t_fm = distillation_target(fm_logit, 2.0)
+    t_sa = (2.0 * p_sa).clamp(max=1.0)
+    expected = bce(out.serving, labels) + 0.7 * (0.75 * bce(out.aux, t_fm) + 0.25 * bce(out.aux, t_sa))
+    torch.testing.assert_close(loss, expected)
+    assert set(parts) == {"serving", "distill"}
+    # when the adapter agrees with the FM, the loss is exactly the loss without the adapter
+    same, _ = vm_loss(out, labels, fm_logit, cfg, adapter_prob=torch.sigmoid(fm_logit))
+    torch.testing.assert_close(same, vm_loss(out, labels, fm_logit, cfg)[0])
 
 
 def test_losses_per_mode() -> None:
@@ -116,7 +126,7 @@ def test_losses_per_mode() -> None:
         cfg = Distillation(mode=mode, alpha=3.0, weight=0.7)
         torch.manual_seed(4)
         vm = VerticalModel(SCHEMA, "tiny", cfg)
-        out = vm(dense, kjt, fm_logit)
+        out = vm(dense, kjt)
         loss, _ = vm_loss(out, labels, fm_logit, cfg)
         expected = bce(out.serving, labels)
         if mode == "kd":
@@ -134,7 +144,7 @@ def test_serving_export_matches_serving_head_and_drops_aux_and_adapter(tmp_path)
     torch.manual_seed(5)
     vm = VerticalModel(SCHEMA, "tiny", cfg)
     dense, kjt, labels, fm_logit = _inputs()
-    vm_loss(vm(dense, kjt, fm_logit), labels, fm_logit, cfg)[0].backward()  # train one step
+    vm_loss(vm(dense, kjt), labels, fm_logit, cfg)[0].backward()  # train one step
     storage = LocalStorage(tmp_path)
     export_serving(vm, storage, "vm/default/v/serving/00000", {"version": "00000"})
     predictor = load_serving(storage, "vm/default/v/serving/00000")
@@ -142,7 +152,7 @@ def test_serving_export_matches_serving_head_and_drops_aux_and_adapter(tmp_path)
     assert not [k for k in keys if "aux" in k or "adapter" in k], keys
     vm.eval()
     with torch.no_grad():
-        expected = torch.sigmoid(vm(dense, kjt, fm_logit).serving)
+        expected = torch.sigmoid(vm(dense, kjt).serving)
     torch.testing.assert_close(predictor.predict(dense, kjt), expected)
     # key order of the KJT does not matter
     perm = kjt.permute([2, 0, 1])

@@ -452,19 +452,15 @@ def test_vm_table(spec, w, das_phase, expected, phase, reason):
 
 def test_vm_config_carries_distillation_and_vertical():
     v = vm({"vertical": "feed", "preset": "small", "export": False, "storage": {"uri": "/vm-art"},
-            "distillation": {"mode": "kd", "alpha": 0.5, "beta": 0.2, "weight": 2, "adapter": True, "adapterWeight": 0.3}})  # fmt: skip
+            "distillation": {"mode": "kd", "alpha": 0.5, "beta": 0.2, "weight": 2, "adapter": True, "adapterShare": 0.3,
+                             "adapterLr": 0.02, "adapterDecay": 0.1, "adapterHidden": 4, "auxTower": [8, 4]}})  # fmt: skip
     sub = only_submit(plan_vertical_model(v, published_das(), world(das_windows=(dwin(2, 1),))))
     cfg = parse_job(sub.config)
     assert isinstance(cfg, VMTrainJob)
-    d = cfg.distillation
-    assert (d.mode, d.alpha, d.beta, d.weight, d.adapter, d.adapter_weight) == (
-        "kd",
-        0.5,
-        0.2,
-        2.0,
-        True,
-        0.3,
-    )
+    assert cfg.distillation.model_dump() == {
+        "mode": "kd", "alpha": 0.5, "beta": 0.2, "weight": 2.0, "aux_tower": [8, 4], "adapter": True,
+        "adapter_share": 0.3, "adapter_lr": 0.02, "adapter_decay": 0.1, "adapter_hidden": 4,
+    }  # fmt: skip
     assert (cfg.vertical, cfg.preset, cfg.export, cfg.storage) == ("feed", "small", False, "/vm-art")
     assert sub.env_from_secret is None
 

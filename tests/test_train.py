@@ -151,7 +151,7 @@ def test_vm_modes_lineage_and_serving_export(tmp_path: Path, mode: str) -> None:
     predictor = load_serving(st, layout.vm_serving("default", "vm1", "00002"))
     model, _ = load_model(st, ckpt)
     batch = next(iter_batches(ds, 2, 40, vertical="ads", with_fm_logit=True))
-    expected = torch.sigmoid(model(batch.dense, batch.sparse, batch.fm_logit).serving.detach())
+    expected = torch.sigmoid(model(batch.dense, batch.sparse).serving.detach())
     torch.testing.assert_close(predictor(batch), expected)
 
 

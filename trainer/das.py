@@ -137,10 +137,11 @@ def check_schema_compat(
         other = data_sparse.get(feat.name)
         if other is None:
             problems.append(f"sparse feature {feat.name!r} missing from the dataset schema")
-        elif (other.hash_buckets, other.multi_valued) != (feat.hash_buckets, feat.multi_valued):
+        elif other.id_mapping() != feat.id_mapping():
             problems.append(
-                f"sparse feature {feat.name!r}: FM has hash_buckets={feat.hash_buckets}, multi_valued="
-                f"{feat.multi_valued}; dataset has {other.hash_buckets}, {other.multi_valued}"
+                f"sparse feature {feat.name!r}: FM maps ids by {feat.encoding} into {feat.num_rows} rows "
+                f"(multi_valued={feat.multi_valued}); dataset by {other.encoding} into {other.num_rows} "
+                f"rows (multi_valued={other.multi_valued})"
             )
     if problems:
         raise DASError(

@@ -53,9 +53,19 @@ class ArtifactRef(_Strict):
 
 
 class Optim(_Strict):
+    """Optimizers: rowwise Adagrad (fused into the backward pass) for embeddings, Adam for the rest."""
+
     embedding_lr: float = Field(default=0.05, gt=0, description="Rowwise Adagrad LR (fused TBE).")
-    dense_lr: float = Field(default=0.001, gt=0, description="Adam LR of the dense layers.")
+    dense_lr: float | None = Field(
+        default=None, gt=0, description="Adam LR of the dense layers; None takes the model preset's."
+    )
     weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(
+        default=100, ge=0, description="Linear warm-up of the dense LR over the job's first steps."
+    )
+    clip_grad_norm: float | None = Field(
+        default=1.0, gt=0, description="Clip the dense gradients' global norm to this (None: no clipping)."
+    )
 
 
 class _JobBase(_Strict):
@@ -100,14 +110,30 @@ class DASJob(_JobBase):
 
 
 class Distillation(_Strict):
-    """How a VM learns from the FM: ``L = BCE(y_s, y) + w * BCE(y_aux, clip(alpha * p_fm, <= 1))``."""
+    """How a VM learns from the FM: ``L = BCE(y_s, y) + w * BCE(y_aux, clip(alpha * p_fm, <= 1))``.
+
+    With the student adapter, the distillation target mixes the FM's and the adapter's
+    probabilities, ``(1 - adapter_share) * t_fm + adapter_share * t_adapter`` (each
+    ``clip(alpha * p, <= 1)``), so the total distillation weight stays ``w``.
+    """
 
     mode: Literal["none", "kd", "aux"] = "aux"
     alpha: float = Field(default=1.0, gt=0, description="Scale of the FM probability target.")
     beta: float = Field(default=1.0, ge=0, description="Aux-loss gradient scale into the backbone.")
     weight: float = Field(default=1.0, ge=0, description="w: weight of the distillation loss.")
+    aux_tower: list[int] = Field(
+        default_factory=lambda: [16],
+        description="Hidden widths of the aux head's tower on the shared backbone ([]: one linear layer).",
+    )
     adapter: bool = Field(default=False, description="Student adapter on the FM logit.")
-    adapter_weight: float = Field(default=1.0, ge=0, description="Weight of the adapter target.")
+    adapter_share: float = Field(
+        default=0.5, ge=0, le=1, description="Share of the distillation weight w given to the adapter target."
+    )
+    adapter_lr: float = Field(default=0.01, gt=0, description="LR of the adapter's own AdamW.")
+    adapter_decay: float = Field(
+        default=0.01, ge=0, description="AdamW weight decay of the adapter: its pull toward the identity."
+    )
+    adapter_hidden: int = Field(default=8, ge=1, le=256, description="Width of the adapter's residual MLP.")
 
 
 class VMTrainJob(_JobBase):

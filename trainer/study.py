@@ -51,20 +51,19 @@ class DistillConfig(BaseModel):
     alpha: float = 1.0
     beta: float = 1.0
     weight: float = 1.0
-    adapter_weight: float = 1.0
+    aux_tower: list[int] = Field(default_factory=lambda: [16])
+    adapter_share: float = 0.5
+    adapter_lr: float = 0.01
+    adapter_decay: float = 0.01
 
     def for_mode(self, mode: str) -> Distillation:
         """The job's :class:`Distillation` of one study variant."""
         if mode not in MODES:
             raise ValueError(f"unknown study mode {mode!r}; choose one of {MODES}")
-        base = mode.removesuffix("_sa")
         return Distillation(
-            mode=base,  # type: ignore[arg-type]
-            alpha=self.alpha,
-            beta=self.beta,
-            weight=self.weight,
+            mode=mode.removesuffix("_sa"),  # type: ignore[arg-type]
             adapter=mode.endswith("_sa"),
-            adapter_weight=self.adapter_weight,
+            **self.model_dump(),
         )
 
 
@@ -80,8 +79,8 @@ class StudyPreset(BaseModel):
     staleness: int = Field(default=1, ge=0)
     fm_batch_size: int = 512
     vm_batch_size: int = 256
-    fm_optim: Optim = Field(default_factory=lambda: Optim(dense_lr=0.003))
-    vm_optim: Optim = Field(default_factory=lambda: Optim(dense_lr=0.01))
+    fm_optim: Optim = Field(default_factory=Optim)
+    vm_optim: Optim = Field(default_factory=Optim)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     seed: int = 0
 

@@ -174,8 +174,14 @@ class Training(ApiModel):
 
     batch_size: int = Field(default=2048, ge=1, le=1_048_576, description="Examples per step.")
     embedding_lr: float = Field(default=0.05, gt=0, description="Rowwise Adagrad LR of the embeddings.")
-    dense_lr: float = Field(default=0.001, gt=0, description="LR of the dense layers.")
+    dense_lr: float | None = Field(
+        default=None, gt=0, description="LR of the dense layers (default: the model preset's)."
+    )
     weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=100, ge=0, le=1_000_000, description="Linear warm-up of the dense LR.")
+    clip_grad_norm: float | None = Field(
+        default=1.0, gt=0, description="Clip the dense gradients' global norm (null: no clipping)."
+    )
     seed: int = Field(default=0, ge=0)
     device: Device = Field(default="auto", description="`auto` uses a GPU when the pod has one.")
 

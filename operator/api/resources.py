@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -164,8 +164,23 @@ class Distillation(ApiModel):
     alpha: float = Field(default=1.0, gt=0, le=100, description="Scale of the FM probability target.")
     beta: float = Field(default=1.0, ge=0, le=100, description="Aux-loss gradient scale into the backbone.")
     weight: float = Field(default=1.0, ge=0, le=100, description="Weight of the distillation loss.")
+    aux_tower: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [16],
+        max_length=8,
+        description="Hidden widths of the aux head's tower ([]: one linear layer).",
+    )
     adapter: bool = Field(default=False, description="Student adapter on the FM logit.")
-    adapter_weight: float = Field(default=1.0, ge=0, le=100, description="Weight of the adapter target.")
+    adapter_share: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of the distillation weight given to the adapter's target (the FM's: the rest).",
+    )
+    adapter_lr: float = Field(default=0.01, gt=0, le=10, description="LR of the adapter's own optimizer.")
+    adapter_decay: float = Field(
+        default=0.01, ge=0, le=10, description="Weight decay pulling the adapter toward the identity."
+    )
+    adapter_hidden: int = Field(default=8, ge=1, le=256, description="Width of the adapter's residual MLP.")
 
     @model_validator(mode="after")
     def _adapter_needs_distillation(self) -> Distillation:

@@ -47,7 +47,11 @@ def contiguous_run(start: int, available: set[int], limit: int, rng: WindowRange
 def optim(training: Training) -> Optim:
     """The job's optimizer settings from a spec's ``training`` block (FM and VM)."""
     return Optim(
-        embedding_lr=training.embedding_lr, dense_lr=training.dense_lr, weight_decay=training.weight_decay
+        embedding_lr=training.embedding_lr,
+        dense_lr=training.dense_lr,
+        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_steps,
+        clip_grad_norm=training.clip_grad_norm,
     )
 
 

@@ -104,14 +104,7 @@ def plan_vertical_model(
                 das=ArtifactRef(namespace=das.metadata.namespace, name=das.metadata.name),
                 vertical=spec.vertical,
                 preset=spec.preset,
-                distillation=Distillation(
-                    mode=d.mode,
-                    alpha=d.alpha,
-                    beta=d.beta,
-                    weight=d.weight,
-                    adapter=d.adapter,
-                    adapter_weight=d.adapter_weight,
-                ),
+                distillation=Distillation.model_validate(d.model_dump()),
                 export=spec.export,
             )
             return job.model_dump(mode="json", by_alias=True)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from exfm_trainer.data.hashing import HashingError, hash_column
+from exfm_trainer.data.hashing import HashingError, encode_column
 from exfm_trainer.data.windows import DataError, iter_record_batches
 from exfm_trainer.jobs import DatasetRef
 from exfm_trainer.layout import FM_LOGIT_COLUMN
@@ -88,7 +88,7 @@ class Batch:
     """One model batch of ``B`` rows."""
 
     dense: torch.Tensor  # [B, n_dense] float32, transformed
-    sparse: KeyedJaggedTensor  # keys = schema sparse names, ids in [0, hash_buckets)
+    sparse: KeyedJaggedTensor  # keys = schema sparse names, ids in [0, num_rows)
     labels: torch.Tensor  # [B] float32 in {0, 1}
     fm_logit: torch.Tensor | None = None  # [B] float32 when requested
     verticals: list[str] | None = None  # per row, when the schema has a vertical column
@@ -171,7 +171,7 @@ def to_batch(table: pa.Table, schema: FeatureSchema, with_fm_logit: bool = False
     ids, lengths = [], []
     for feat in schema.sparse:
         try:
-            v, ln = hash_column(table[feat.name], feat.hash_buckets, feat.name, feat.multi_valued)
+            v, ln = encode_column(table[feat.name], feat)
         except HashingError as err:
             raise DataError(f"window {window}: sparse feature {feat.name!r}: {err}") from None
         ids.append(v)

@@ -1,4 +1,7 @@
-"""Deterministic, vectorised hashing of raw categorical values into embedding rows.
+"""Deterministic, vectorised mapping of raw categorical values into embedding rows.
+
+:func:`encode_column` applies a feature's encoding (hash, vocabulary or identity; see
+:class:`~exfm_trainer.schema.SparseFeature`); the rest of this module is the hash.
 
 A value is hashed by its *text form*: the int ``123`` and the string ``"123"`` land in the same
 bucket, so a column read as int from Parquet and as text from CSV hashes identically. Nulls hash
@@ -15,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from exfm_trainer.schema import OOV_ROW, SparseFeature
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -111,30 +116,71 @@ def hash_values(
     return (hash64(values, salt) % np.uint64(buckets)).astype(np.int64)
 
 
-def hash_column(
-    values: pa.Array | pa.ChunkedArray, buckets: int, salt: str, multi_valued: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Hash one column for a jagged tensor: ``(ids int64, lengths int32 per row)``.
-
-    Single-valued columns give one id per row (nulls hash like ""). Multi-valued columns must be
-    list arrays; a null list counts as empty.
-    """
+def vocabulary_ids(values: pa.Array | np.ndarray | Sequence, vocabulary: Sequence[str]) -> np.ndarray:
+    """Rows ``1..len(vocabulary)`` of declared values (by text form); OOV and null -> row 0."""
     arr = _to_arrow(values)
-    if not multi_valued:
-        if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.int64)
+    text = _as_text(arr).cast(pa.large_string())
+    index = pc.index_in(text, value_set=pa.array(list(vocabulary), type=pa.large_string()))
+    return (pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1).clip(min=OOV_ROW)
+
+
+def identity_ids(values: pa.Array | np.ndarray | Sequence, size: int, name: str) -> np.ndarray:
+    """Rows ``1..size`` of integer ids ``0..size-1``; other ids and null -> row 0."""
+    arr = _to_arrow(values)
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if not (pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type)):
+        raise HashingError(
+            f"column {name!r} holds {arr.type} but declares an identity encoding, which takes integer "
+            "ids: write the column as integers, or declare a `vocabulary` instead"
+        )
+    ids = pc.fill_null(arr.cast(pa.int64()), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where((ids >= 0) & (ids < size), ids + 1, OOV_ROW)
+
+
+def _flat_values(arr: pa.Array, feature: SparseFeature) -> tuple[pa.Array, np.ndarray]:
+    """The column's values as one flat array and the number of values per row."""
+    is_list = pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)
+    if not feature.multi_valued:
+        if is_list:
             raise HashingError(
-                f"column {salt!r} holds lists but the schema declares it single-valued: "
+                f"column {feature.name!r} holds lists but the schema declares it single-valued: "
                 "set multi_valued: true for this sparse feature"
             )
-        return hash_values(arr, buckets, salt), np.ones(len(arr), dtype=np.int32)
-    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        return arr, np.ones(len(arr), dtype=np.int32)
+    if not is_list:
         raise HashingError(
-            f"column {salt!r} is declared multi_valued but holds {arr.type}, not lists: "
+            f"column {feature.name!r} is declared multi_valued but holds {arr.type}, not lists: "
             "write a list column or set multi_valued: false"
         )
     lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int32)
-    flat = pc.list_flatten(arr)
-    return hash_values(flat, buckets, salt), lengths
+    return pc.list_flatten(arr), lengths
+
+
+def encode_column(
+    values: pa.Array | pa.ChunkedArray, feature: SparseFeature
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding rows of one column for a jagged tensor: ``(ids int64, lengths int32 per row)``.
+
+    Single-valued columns give one id per row (nulls hash like "", or go to the OOV row).
+    Multi-valued columns must be list arrays; a null list counts as empty.
+    """
+    flat, lengths = _flat_values(_to_arrow(values), feature)
+    if feature.vocabulary is not None:
+        return vocabulary_ids(flat, feature.vocabulary), lengths
+    if feature.identity is not None:
+        return identity_ids(flat, feature.identity, feature.name), lengths
+    return hash_values(flat, feature.hash_buckets, feature.name), lengths
+
+
+def hash_column(
+    values: pa.Array | pa.ChunkedArray, buckets: int, salt: str, multi_valued: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hash one column (feature ``salt``) into ``buckets`` rows: :func:`encode_column` for hashing."""
+    feature = SparseFeature(name=salt, hash_buckets=buckets, multi_valued=multi_valued)
+    return encode_column(values, feature)
 
 
 def _to_arrow(values: pa.Array | pa.ChunkedArray | np.ndarray | Sequence) -> pa.Array:

@@ -129,6 +129,8 @@ SPARSE = (
     "vertical",
 )
 DENSE = ("user_age", "ad_age", "user_hist_len", "ad_prior_ctr")
+IDENTITY_MAX = 1000
+"""Columns with at most this many ids get their own row per id (no hash collisions)."""
 
 
 def synthetic_schema(config: SyntheticConfig) -> FeatureSchema:
@@ -144,15 +146,21 @@ def synthetic_schema(config: SyntheticConfig) -> FeatureSchema:
         "hour": 24,
         "vertical": len(config.vertical_names),
     }
-    sparse = [
-        SparseFeature(
-            name=name,
-            hash_buckets=_buckets(card[name], config),
-            embedding_dim=config.embedding_dim,
-            multi_valued=name == "user_hist_categories",
+    sparse = []
+    for name in SPARSE:
+        encoding: dict = {"hash_buckets": _buckets(card[name], config)}
+        if name == "vertical":
+            encoding = {"vocabulary": list(config.vertical_names)}
+        elif card[name] <= IDENTITY_MAX:
+            encoding = {"identity": card[name]}
+        sparse.append(
+            SparseFeature(
+                name=name,
+                embedding_dim=config.embedding_dim,
+                multi_valued=name == "user_hist_categories",
+                **encoding,
+            )
         )
-        for name in SPARSE
-    ]
     return FeatureSchema(
         label="label", dense=list(DENSE), sparse=sparse, vertical="vertical", timestamp="timestamp"
     )

@@ -46,7 +46,7 @@ def table_configs(schema: FeatureSchema, dim: int | None) -> list[EmbeddingBagCo
         EmbeddingBagConfig(
             name=table_name(i),
             embedding_dim=dim or f.embedding_dim,
-            num_embeddings=f.hash_buckets,
+            num_embeddings=f.num_rows,
             feature_names=[f.name],
             pooling=PoolingType.MEAN if f.multi_valued else PoolingType.SUM,
         )

@@ -28,6 +28,7 @@ def vm_loss(
     fm_logit: torch.Tensor | None,
     cfg: Distillation,
     weight: torch.Tensor | None = None,
+    adapter_prob: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total VM loss and its parts (detached tensors; no host sync).
 
@@ -35,8 +36,9 @@ def vm_loss(
     - ``kd``:   ``BCE(y_s, y) + w * BCE(y_s, t)``
     - ``aux``:  ``BCE(y_s, y) + w * BCE(y_aux, t)`` (backbone sees the aux gradient times beta)
 
-    with ``t = clip(alpha * p_fm, <= 1)``. With the adapter, ``+ BCE(adapter, y)`` trains it on the
-    labels and ``+ w * adapter_weight * BCE(head, stopgrad(sigmoid(adapter)))`` distils from it.
+    with ``t = clip(alpha * p_fm, <= 1)``. With the student adapter's stop-gradient probability
+    ``adapter_prob``, ``t = (1 - s) * clip(alpha * p_fm) + s * clip(alpha * p_adapter)`` where
+    ``s = adapter_share``: the total distillation weight stays ``w``.
     """
     serving = bce(out.serving, labels, weight)
     parts = {"serving": serving.detach()}
@@ -50,17 +52,13 @@ def vm_loss(
     head = out.aux if cfg.mode == "aux" else out.serving
     if head is None:
         raise ValueError("mode 'aux' needs a model built with an aux head")
-    distill = bce(head, distillation_target(fm_logit, cfg.alpha), weight)
+    target = distillation_target(fm_logit, cfg.alpha)
+    if adapter_prob is not None:
+        share = cfg.adapter_share
+        target = (1.0 - share) * target + share * (cfg.alpha * adapter_prob).clamp(max=1.0)
+    distill = bce(head, target, weight)
     parts["distill"] = distill.detach()
-    total = total + cfg.weight * distill
-    if out.adapter is not None:
-        adapter_fit = bce(out.adapter, labels, weight)
-        adapter_target = torch.sigmoid(out.adapter).detach()
-        adapter_distill = bce(head, adapter_target, weight)
-        parts["adapter"] = adapter_fit.detach()
-        parts["adapter_distill"] = adapter_distill.detach()
-        total = total + adapter_fit + cfg.weight * cfg.adapter_weight * adapter_distill
-    return total, parts
+    return total + cfg.weight * distill, parts
 
 
 def fm_loss(

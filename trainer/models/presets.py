@@ -14,6 +14,8 @@ class FMPreset:
     cross_layers: int
     cross_rank: int
     mlp: tuple[int, ...]
+    dense_lr: float = 0.003
+    """Adam LR of the dense layers (larger models take smaller steps)."""
 
 
 @dataclass(frozen=True)
@@ -23,21 +25,26 @@ class VMPreset:
     embedding_dim: int
     dense_dim: int
     mlp: tuple[int, ...]
-    adapter_hidden: int = 16
+    dense_lr: float = 0.01
+    """Adam LR of the dense layers."""
 
 
 FM_PRESETS: dict[str, FMPreset] = {
     "tiny": FMPreset(embedding_dim=8, dense_dim=8, cross_layers=1, cross_rank=4, mlp=(32,)),
     "small": FMPreset(embedding_dim=16, dense_dim=16, cross_layers=2, cross_rank=16, mlp=(64, 32)),
-    "medium": FMPreset(embedding_dim=32, dense_dim=32, cross_layers=3, cross_rank=32, mlp=(256, 128)),
-    "large": FMPreset(embedding_dim=64, dense_dim=64, cross_layers=4, cross_rank=64, mlp=(512, 256, 128)),
+    "medium": FMPreset(
+        embedding_dim=32, dense_dim=32, cross_layers=3, cross_rank=32, mlp=(256, 128), dense_lr=0.002
+    ),
+    "large": FMPreset(
+        embedding_dim=64, dense_dim=64, cross_layers=4, cross_rank=64, mlp=(512, 256, 128), dense_lr=0.001
+    ),
 }
 
 VM_PRESETS: dict[str, VMPreset] = {
     "tiny": VMPreset(embedding_dim=4, dense_dim=4, mlp=(32, 16)),
     "small": VMPreset(embedding_dim=8, dense_dim=8, mlp=(64, 32)),
-    "medium": VMPreset(embedding_dim=16, dense_dim=16, mlp=(128, 64)),
-    "large": VMPreset(embedding_dim=32, dense_dim=32, mlp=(256, 128)),
+    "medium": VMPreset(embedding_dim=16, dense_dim=16, mlp=(128, 64), dense_lr=0.005),
+    "large": VMPreset(embedding_dim=32, dense_dim=32, mlp=(256, 128), dense_lr=0.003),
 }
 
 

@@ -20,30 +20,17 @@ class VMOutput(NamedTuple):
     serving: torch.Tensor
     """Serving-head logits [B] (the only exported output)."""
     aux: torch.Tensor | None
-    """Aux-head logits [B] (mode ``aux``); the backbone receives its gradient scaled by beta."""
-    adapter: torch.Tensor | None
-    """Student-adapter logits [B] computed from the FM logit (when the adapter is on)."""
-
-
-class StudentAdapter(nn.Module):
-    """``adapter(z) = z + MLP(z)`` on the FM logit ``z``; starts as the identity (last layer zeroed)."""
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
-
-    def forward(self, fm_logit: torch.Tensor) -> torch.Tensor:
-        z = fm_logit.unsqueeze(-1)
-        return (z + self.net(z)).squeeze(-1)
+    """Aux-head (distillation tower) logits [B] in mode ``aux``; the backbone receives its gradient
+    scaled by beta."""
 
 
 class VerticalModel(FeatureInputModel):
-    """``forward(dense, sparse, fm_logit=None) -> VMOutput``.
+    """``forward(dense, sparse) -> VMOutput``.
 
-    Heads exist only when used (DDP requires every parameter to receive a gradient): the aux head
-    in mode ``aux``, the adapter when ``distillation.adapter`` and mode is not ``none``.
+    The aux head exists only in mode ``aux`` (DDP requires every parameter to receive a
+    gradient): a tower (``distillation.aux_tower``) beside the linear serving head, both on the
+    shared backbone. The student adapter is not part of the VM: it has its own optimizer and sits
+    in the trainer (:mod:`exfm_trainer.models.adapter`).
     """
 
     def __init__(
@@ -63,10 +50,12 @@ class VerticalModel(FeatureInputModel):
         self.backbone = mlp(width, p.mlp)
         hidden = p.mlp[-1] if p.mlp else width
         self.serving_head = nn.Linear(hidden, 1)
-        self.aux_head = nn.Linear(hidden, 1) if d.mode == "aux" else None
-        self.adapter = StudentAdapter(p.adapter_hidden) if d.adapter and d.mode != "none" else None
+        self.aux_head = None
+        if d.mode == "aux":
+            tower = d.aux_tower
+            self.aux_head = nn.Sequential(mlp(hidden, tower), nn.Linear(tower[-1] if tower else hidden, 1))
         dev = torch.device(device)
-        for module in (self.dense_tower, self.backbone, self.serving_head, self.aux_head, self.adapter):
+        for module in (self.dense_tower, self.backbone, self.serving_head, self.aux_head):
             if module is not None:
                 module.to(dev)
 
@@ -74,20 +63,10 @@ class VerticalModel(FeatureInputModel):
         """Backbone output [B, hidden] shared by the serving and aux heads."""
         return self.backbone(self.feature_input(dense, sparse))
 
-    def forward(
-        self, dense: torch.Tensor, sparse: KeyedJaggedTensor, fm_logit: torch.Tensor | None = None
-    ) -> VMOutput:
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> VMOutput:
         h = self.hidden(dense, sparse)
         serving = self.serving_head(h).squeeze(-1)
         aux = None
         if self.aux_head is not None:
             aux = self.aux_head(grad_scale(h, self.distillation.beta)).squeeze(-1)
-        adapter = None
-        if self.adapter is not None:
-            if fm_logit is None:
-                raise ValueError(
-                    "the student adapter needs the FM logit column (fm_logit); got none: "
-                    "train on a DAS output"
-                )
-            adapter = self.adapter(fm_logit)
-        return VMOutput(serving, aux, adapter)
+        return VMOutput(serving, aux)

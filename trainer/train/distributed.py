@@ -9,6 +9,7 @@ layers data-parallel. Checkpoints always hold full tensors, so any world size ca
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,27 @@ def all_reduce_ints(values: list[int], ctx: DistContext, op: str = "sum") -> lis
     t = torch.tensor(values, dtype=torch.int64, device=_comm_device(ctx))
     dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return [int(v) for v in t.tolist()]
+
+
+def all_reduce_floats(values: list[float], ctx: DistContext) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (float64)."""
+    if not ctx.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(ctx))
+    dist.all_reduce(t)
+    return [float(v) for v in t.tolist()]
+
+
+def grad_averager(ctx: DistContext) -> Callable[[torch.Tensor], None] | None:
+    """In place mean of a gradient over ranks (None in one process: nothing to average)."""
+    if not ctx.distributed:
+        return None
+
+    def average(grad: torch.Tensor) -> None:
+        dist.all_reduce(grad)
+        grad.div_(ctx.world_size)
+
+    return average
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

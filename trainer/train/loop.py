@@ -25,6 +25,7 @@ from exfm_trainer import layout
 from exfm_trainer.data.batches import Batch, RowStats, check_bad_fraction, iter_batches
 from exfm_trainer.data.windows import DataError, iter_record_batches, list_ready_windows
 from exfm_trainer.jobs import FMTrainJob, VMTrainJob
+from exfm_trainer.models.adapter import AdapterTrainer
 from exfm_trainer.models.checkpoint import (
     build_model,
     latest_version,
@@ -33,6 +34,7 @@ from exfm_trainer.models.checkpoint import (
     write_checkpoint,
 )
 from exfm_trainer.models.losses import fm_loss, vm_loss
+from exfm_trainer.models.presets import fm_preset, vm_preset
 from exfm_trainer.models.vm import VerticalModel
 from exfm_trainer.storage import Storage, open_storage
 from exfm_trainer.storage.commit import read_manifest
@@ -114,8 +116,17 @@ class StreamingTrainer:
             ((n, p) for n, p in self.model.named_parameters() if not n.startswith("sparse.")),
             key=lambda item: item[0],
         )
+        self.dense_params = [p for _, p in dense]
+        preset = fm_preset(job.preset) if self.kind == "fm" else vm_preset(job.preset)
+        self.dense_lr = job.optim.dense_lr or preset.dense_lr
         self.dense_optim = torch.optim.Adam(
-            [p for _, p in dense], lr=job.optim.dense_lr, weight_decay=job.optim.weight_decay
+            self.dense_params, lr=self.dense_lr, weight_decay=job.optim.weight_decay
+        )
+        self.steps = 0
+        self.adapter = (
+            AdapterTrainer(distill, self.ctx.device, D.grad_averager(self.ctx))
+            if distill is not None and distill.adapter and distill.mode != "none"
+            else None
         )
         self.ckpt_parent = (
             layout.fm_checkpoints(job.namespace, job.name)
@@ -146,6 +157,9 @@ class StreamingTrainer:
         D.load_full_state(self.model, state)
         if state.get("dense_optim"):
             self.dense_optim.load_state_dict(state["dense_optim"])
+        self.steps = int(state.get("steps", 0))
+        if self.adapter is not None and state.get("adapter"):
+            self.adapter.load_state_dict(state["adapter"])
         self.windows = list(manifest.windows)
         self.metrics = dict(manifest.metrics)
         self.das_windows = list(manifest.das_windows)
@@ -230,8 +244,10 @@ class StreamingTrainer:
             return metrics
         steps = self._pad(batches, max_batches)
         logits, labels = self._evaluate(steps)
+        if self.adapter is not None:
+            self._anchor_adapter(batches)
         start = time.perf_counter()
-        self._train(steps)
+        self._train(steps, D.gather_objects(len(batches), self.ctx))
         elapsed = time.perf_counter() - start
         gathered = D.gather_objects((logits, labels), self.ctx)
         all_logits = np.concatenate([g[0] for g in gathered])
@@ -294,9 +310,7 @@ class StreamingTrainer:
         )
 
     def _forward(self, batch: Batch) -> Any:
-        if self.kind == "fm":
-            return self.model(batch.dense, batch.sparse)
-        return self.model(batch.dense, batch.sparse, batch.fm_logit)
+        return self.model(batch.dense, batch.sparse)
 
     def _evaluate(self, steps: list[tuple[Batch, bool]]) -> tuple[np.ndarray, np.ndarray]:
         self.model.eval()
@@ -313,18 +327,55 @@ class StreamingTrainer:
             torch.cat(labels).float().cpu().numpy(),
         )
 
-    def _train(self, steps: list[tuple[Batch, bool]]) -> None:
+    def _anchor_adapter(self, batches: list[Batch]) -> None:
+        """Re-anchor the adapter's standardisation on this window's FM logits (all ranks)."""
+        assert self.adapter is not None
+        logits = [b.fm_logit.double() for b in batches if b.fm_logit is not None]
+        x = torch.cat(logits) if logits else torch.zeros(0, dtype=torch.float64)
+        n, s1, s2 = D.all_reduce_floats([float(x.numel()), float(x.sum()), float((x * x).sum())], self.ctx)
+        if n > 0:
+            mean = s1 / n
+            self.adapter.anchor(mean, max(s2 / n - mean * mean, 0.0) ** 0.5)
+
+    def _lr_scale(self) -> float:
+        warmup = self.job.optim.warmup_steps
+        return min(1.0, (self.steps + 1) / warmup) if warmup else 1.0
+
+    def _train(self, steps: list[tuple[Batch, bool]], batch_counts: list[int]) -> None:
+        """One pass over the window's steps.
+
+        ``batch_counts`` holds every rank's number of real batches. At step ``i`` only ranks with
+        more than ``i`` batches hold real rows; the others run a zero-weight copy (DMP collectives
+        need every rank), and real ranks scale their loss by ``world / real ranks`` so the
+        all-reduced gradient is the mean over real rows. A step no rank has real rows for is not
+        run, so padding never moves optimizer state.
+        """
         distill = self.job.distillation if isinstance(self.job, VMTrainJob) else None
-        for batch, real in steps:
+        world = len(batch_counts)
+        clip = self.job.optim.clip_grad_norm
+        for i, (batch, real) in enumerate(steps):
+            real_ranks = sum(c > i for c in batch_counts)
+            if real_ranks == 0:
+                continue
             weight = None if real else torch.zeros_like(batch.labels)
+            adapter_prob = None
+            if self.adapter is not None:
+                adapter_prob = self.adapter.step(batch.fm_logit, batch.labels, weight)
             out = self._forward(batch)
             if distill is None:
                 loss, _ = fm_loss(out, batch.labels, weight)
             else:
-                loss, _ = vm_loss(out, batch.labels, batch.fm_logit, distill, weight)
+                loss, _ = vm_loss(out, batch.labels, batch.fm_logit, distill, weight, adapter_prob)
+            if real_ranks < world:
+                loss = loss * (world / real_ranks)
+            for group in self.dense_optim.param_groups:
+                group["lr"] = self.dense_lr * self._lr_scale()
             self.dense_optim.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.dense_params, clip)
             self.dense_optim.step()
+            self.steps += 1
 
     # ---- lineage and checkpoints ---------------------------------------------------------------
 
@@ -352,6 +403,9 @@ class StreamingTrainer:
         if self.ctx.is_main:
             assert state is not None
             state["dense_optim"] = self.dense_optim.state_dict()
+            state["steps"] = self.steps
+            if self.adapter is not None:
+                state["adapter"] = self.adapter.state_dict()
             manifest = layout.CheckpointManifest(
                 kind="fm-checkpoint" if self.kind == "fm" else "vm-checkpoint",
                 namespace=self.job.namespace,
