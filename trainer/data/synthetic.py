@@ -177,14 +177,16 @@ class SyntheticConfig(BaseModel):
 
 HISTORY_DENSE = (
     "user_past_impressions",
-    "user_past_ctr",
+    "user_ctr_lift",
     "user_cat_impressions",
-    "user_cat_ctr",
-    "user_xv_ctr",
+    "user_cat_lift",
+    "user_xv_lift",
     "ad_past_impressions",
-    "ad_past_ctr",
+    "ad_ctr_lift",
 )
-"""Decayed counters of earlier windows (CTRs in per mille): the FM's expensive history features."""
+"""Decayed counters of earlier windows' impressions and clicks: the FM's expensive history features.
+``*_lift`` are log ratios of smoothed CTRs: the user's, the user's in the row's category (over the
+user's own CTR), the user's in the *other* verticals, the ad's (the others over the global CTR)."""
 DENSE = ("user_age", "ad_age", *HISTORY_DENSE)
 SPARSE = (
     "user_id",

@@ -27,6 +27,11 @@ PRIOR_IMPRESSIONS = {"ad": 50.0, "user": 20.0, "user_cat": 5.0}
 GLOBAL_PRIOR = (0.5, 10.0)
 """Pseudo clicks / impressions of the global CTR before any window was observed."""
 
+MIX = {"cat": (0.8, 0.6), "user": (0.9, 0.45), "ad": (0.8, 0.4, 0.45)}
+"""Loadings of the latent factors: a category on its cluster and itself, a user interest on a
+cluster and itself, an ad on its category, advertiser and itself (most taste is cluster-level, so
+a user's engagement in one vertical predicts the others)."""
+
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(12)
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
 
@@ -94,7 +99,8 @@ class World:
         # categories in clusters; a category's factor is its cluster's plus its own
         self.cluster = rng.permutation(np.arange(nc) % nl)
         z_cluster = rng.normal(0, 1, (nl, k))
-        self.z_cat = np.sqrt(0.5) * z_cluster[self.cluster] + np.sqrt(0.5) * rng.normal(0, 1, (nc, k))
+        c_cl, c_own = MIX["cat"]
+        self.z_cat = c_cl * z_cluster[self.cluster] + c_own * rng.normal(0, 1, (nc, k))
         self.phase = rng.uniform(0, 2 * np.pi, nl)
         # verticals: level, position-bias slope, own category mix
         self.b_vert = rng.normal(0, 0.3, nv)
@@ -109,7 +115,8 @@ class World:
         self.activity = rng.lognormal(0, cfg.user_activity_sigma, nu)
         self.b_user = rng.normal(0, 0.4, nu)
         focus = rng.integers(0, nl, (nu, m))
-        self.z_user = 0.8 * z_cluster[focus] + 0.6 * rng.normal(0, 1, (nu, m, k))
+        u_cl, u_own = MIX["user"]
+        self.z_user = u_cl * z_cluster[focus] + u_own * rng.normal(0, 1, (nu, m, k))
         n_int = rng.integers(1, m + 1, nu)
         self.int_bias = np.where(np.arange(m)[None, :] < n_int[:, None], rng.normal(0, 0.3, (nu, m)), -np.inf)
         self.main_device = rng.choice(N_DEVICES, size=nu, p=[0.6, 0.3, 0.1])
@@ -125,10 +132,11 @@ class World:
         cdf = np.cumsum(cat_pref, axis=1)
         self.a_cat = np.minimum((rng.random(na)[:, None] > cdf[self.a_vert]).sum(axis=1), nc - 1)
         self.a_adv = rng.integers(0, cfg.advertisers, na)
+        a_cat, a_adv, a_own = MIX["ad"]
         self.z_ad = (
-            np.sqrt(0.6) * self.z_cat[self.a_cat]
-            + np.sqrt(0.2) * self.z_adv[self.a_adv]
-            + np.sqrt(0.2) * rng.normal(0, 1, (na, k))
+            a_cat * self.z_cat[self.a_cat]
+            + a_adv * self.z_adv[self.a_adv]
+            + a_own * rng.normal(0, 1, (na, k))
         )
         self.b_ad = rng.normal(0, 0.5, na)
         self.a_weight = (1 + rng.random(na) * cfg.ads_per_vertical) ** -cfg.ad_zipf
@@ -237,14 +245,15 @@ class History:
         xv_imp = u_imp - self.uv_imp[user, vert]
         xv_clk = u_clk - self.uv_clk[user, vert]
         a_imp = self.a_imp[ad]
+        xv_ctr = (xv_clk + ku * prior) / (xv_imp + ku)
         out = {
             "user_past_impressions": u_imp,
-            "user_past_ctr": 1000 * u_ctr,
+            "user_ctr_lift": np.log(u_ctr / prior),
             "user_cat_impressions": uc_imp,
-            "user_cat_ctr": 1000 * (uc_clk + kc * u_ctr) / (uc_imp + kc),
-            "user_xv_ctr": 1000 * (xv_clk + ku * prior) / (xv_imp + ku),
+            "user_cat_lift": np.log((uc_clk + kc * u_ctr) / (uc_imp + kc) / u_ctr),
+            "user_xv_lift": np.log(xv_ctr / prior),
             "ad_past_impressions": a_imp,
-            "ad_past_ctr": 1000 * (self.a_clk[ad] + ka * prior) / (a_imp + ka),
+            "ad_ctr_lift": np.log((self.a_clk[ad] + ka * prior) / (a_imp + ka) / prior),
         }
         out = {name: v.astype(np.float32) for name, v in out.items()}
         uniq, inv = np.unique(user, return_inverse=True)
