@@ -222,7 +222,11 @@ def test_churn_new_ids_appear_and_old_ones_retire() -> None:
         a, b = set(first[col].to_pylist()), set(last[col].to_pylist())
         assert len(b - a) / len(b) > min_new, col  # newcomers
         assert len(a - b) / len(a) > min_new, col  # retired (or unseen)
-    assert max(first["ad_age"].to_pylist()) == 0 and max(last["ad_age"].to_pylist()) > 0
+    # ages are stationary (the initial cohort was born before the stream), newborns start at 0
+    for col in ("user_age", "ad_age"):
+        a0, a9 = first[col].to_numpy(), last[col].to_numpy()
+        assert a0.max() > 0 and (a9 == 0).any(), col
+        assert abs(np.log(a9.mean() / a0.mean())) < 0.5, col
 
 
 def _window_ctrs(**update: object) -> tuple[np.ndarray, np.ndarray, list]:
@@ -268,3 +272,16 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="outside the stream"):
         generate_window(SMALL, SMALL.windows)
     assert SyntheticConfig(verticals=["x", "y"]).vertical_names == ["x", "y"]
+
+
+def test_cli_pins_a_vertical_share(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from exfm_trainer.data.cli import main_synth
+
+    argv = ["--out", str(tmp_path), "--windows", "2", "--rows-per-window", "500", "--verticals", "feed,shop"]
+    assert main_synth([*argv, "--vertical-share", "shop=0.3"]) == 0
+    assert read_dataset_info(tmp_path)["config"]["vertical_share"] == {"shop": 0.3}
+    assert sorted(bayes_ne(tmp_path)) == [0, 1]
+    assert main_synth([*argv, "--vertical-share", "news=0.3", "--overwrite"]) == 2
+    assert "unknown verticals ['news']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main_synth([*argv, "--vertical-share", "shop"])

@@ -185,6 +185,7 @@ HISTORY_DENSE = (
     "ad_ctr_lift",
 )
 """Decayed counters of earlier windows' impressions and clicks: the FM's expensive history features.
+``*_impressions`` are decayed averages per window (no growth while the history fills up).
 ``*_lift`` are log ratios of smoothed CTRs: the user's, the user's in the row's category (over the
 user's own CTR), the user's in the *other* verticals, the ad's (the others over the global CTR)."""
 DENSE = ("user_age", "ad_age", *HISTORY_DENSE)

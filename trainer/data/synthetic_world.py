@@ -46,14 +46,18 @@ def _newborn(alive: int, churn: float) -> int:
 def _cohorts(
     rng: np.random.Generator, initial: int, churn: float, windows: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Birth and retire windows (retire exclusive): an initial cohort plus newborns each window."""
-    born = _newborn(initial, churn)
-    birth = np.concatenate(
-        [np.zeros(initial, dtype=np.int64), np.repeat(np.arange(1, windows, dtype=np.int64), born)]
-    )
+    """Birth and retire windows (retire exclusive): an initial cohort plus newborns each window.
+
+    The initial cohort was born before the stream (ages drawn from the stationary distribution,
+    so ``*_age`` features do not grow with the window index); lifetimes are memoryless.
+    """
+    newborn = np.repeat(np.arange(1, windows, dtype=np.int64), _newborn(initial, churn))
     if churn <= 0:
+        birth = np.concatenate([np.zeros(initial, dtype=np.int64), newborn])
         return birth, np.full(len(birth), windows + 1, dtype=np.int64)
-    return birth, birth + rng.geometric(churn, size=len(birth)).astype(np.int64)
+    birth = np.concatenate([1 - rng.geometric(churn, size=initial).astype(np.int64), newborn])
+    start = np.maximum(birth, 0)
+    return birth, start + rng.geometric(churn, size=len(birth)).astype(np.int64)
 
 
 def total_users(cfg: SyntheticConfig) -> int:
@@ -233,6 +237,8 @@ class History:
         self.uv_imp, self.uv_clk = np.zeros((n_users, n_verts)), np.zeros((n_users, n_verts))
         self.a_imp, self.a_clk = np.zeros(n_ads), np.zeros(n_ads)
         self.g_imp, self.g_clk = 0.0, 0.0
+        self.windows = 0.0
+        """Decayed number of windows seen: counts / windows are decayed per-window averages."""
 
     def features(self, user: np.ndarray, ad: np.ndarray, cat: np.ndarray, vert: np.ndarray) -> dict:
         """History features of rows (dense columns and ``user_hist_categories`` offsets/values)."""
@@ -246,13 +252,14 @@ class History:
         xv_clk = u_clk - self.uv_clk[user, vert]
         a_imp = self.a_imp[ad]
         xv_ctr = (xv_clk + ku * prior) / (xv_imp + ku)
+        per = 1 / max(self.windows, 1.0)
         out = {
-            "user_past_impressions": u_imp,
+            "user_past_impressions": per * u_imp,
             "user_ctr_lift": np.log(u_ctr / prior),
-            "user_cat_impressions": uc_imp,
+            "user_cat_impressions": per * uc_imp,
             "user_cat_lift": np.log((uc_clk + kc * u_ctr) / (uc_imp + kc) / u_ctr),
             "user_xv_lift": np.log(xv_ctr / prior),
-            "ad_past_impressions": a_imp,
+            "ad_past_impressions": per * a_imp,
             "ad_ctr_lift": np.log((self.a_clk[ad] + ka * prior) / (a_imp + ka) / prior),
         }
         out = {name: v.astype(np.float32) for name, v in out.items()}
@@ -275,6 +282,7 @@ class History:
         self.a_imp *= d
         self.a_clk *= d
         self.g_imp, self.g_clk = d * self.g_imp + len(y), d * self.g_clk + yf.sum()
+        self.windows = d * self.windows + 1
         nu, nc, nv = self.uc_imp.shape[0], self.uc_imp.shape[1], self.uv_imp.shape[1]
         self.u_imp += np.bincount(user, minlength=nu)
         self.u_clk += np.bincount(user, yf, minlength=nu)
