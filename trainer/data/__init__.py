@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from exfm_trainer.data.hashing import hash_column, hash_values
-from exfm_trainer.data.synthetic import SyntheticConfig, generate, synthetic_schema
+from exfm_trainer.data.synthetic import (
+    SyntheticConfig,
+    bayes_ne,
+    generate,
+    student_features,
+    synthetic_schema,
+)
 from exfm_trainer.data.windows import (
     DataError,
     iter_record_batches,
@@ -26,6 +32,7 @@ __all__ = [
     "RowStats",
     "SyntheticConfig",
     "batch_columns",
+    "bayes_ne",
     "check_bad_fraction",
     "generate",
     "hash_column",
@@ -33,6 +40,7 @@ __all__ = [
     "iter_batches",
     "iter_record_batches",
     "list_ready_windows",
+    "student_features",
     "synthetic_schema",
     "window_info",
     "write_window",

@@ -27,6 +27,19 @@ def _verticals(text: str) -> int | list[str]:
     return int(text) if text.isdigit() else [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _shares(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not name=share (e.g. shop=0.05)") from None
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not name=share (e.g. shop=0.05)")
+    return out
+
+
 def synth_parser() -> argparse.ArgumentParser:
     """Arguments of ``synth``."""
     p = argparse.ArgumentParser(prog="exfm synth", description="Write a synthetic multi-vertical ads stream.")
@@ -38,6 +51,12 @@ def synth_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-drift", action="store_true", help="Disable CTR drift over windows.")
     p.add_argument("--users", type=int, default=None, help="Users alive at window 0.")
     p.add_argument("--base-ctr", type=float, default=0.05)
+    p.add_argument(
+        "--vertical-share",
+        type=_shares,
+        default={},
+        help="Pin verticals' traffic shares, e.g. shop=0.05 (comma-separated name=share).",
+    )
     p.add_argument("--config", type=Path, default=None, help="SyntheticConfig JSON (overrides flags).")
     p.add_argument("--overwrite", action="store_true", help="Replace a dataset written by another config.")
     return p
@@ -60,6 +79,7 @@ def main_synth(argv: Sequence[str] | None = None) -> int:
                 drift=not args.no_drift,
                 users=args.users,
                 base_ctr=args.base_ctr,
+                vertical_share=args.vertical_share,
             )
         start = time.perf_counter()
         ref = generate(args.out, config, overwrite=args.overwrite)

@@ -1,31 +1,39 @@
-"""A synthetic multi-vertical ads stream with real structure, deterministic per seed.
+"""A synthetic multi-vertical ads stream that rewards a broad, large teacher; deterministic per seed.
 
-Generative model (see docs/data.md): users and ads carry latent factors; users are shared by
-every vertical while each vertical has its own ad inventory drawn from overlapping categories.
-For a row of vertical ``v`` shown to user ``u`` with ad ``a`` at position ``p``, hour ``h`` and
-device ``d`` in window ``w``::
+Generative model (details and the real-log statistics it imitates: docs/data.md). Users are shared by
+every vertical and carry 1..``interests`` interest vectors; each vertical has its own ad inventory
+(Zipf popularity) over its favourite categories. For a row of vertical ``v``, user ``u``, ad ``a``
+(category ``c`` in cluster ``k``), position ``p``, device ``d``, hour ``h`` in window ``w``::
 
-    logit = base + level[w] + b_vert[v] + b_user[u] + b_ad[a] + b_adv[adv(a)] + drift_cat[w, c(a)]
-            + s * <z_u, z_a> / sqrt(K) + pos[p] + dev[d] + 0.35 * sin(2 pi h / 24 + phase[c(a)])
-            + N(0, label_noise)
-    label ~ Bernoulli(sigmoid(logit))
+    logit = base + drift_global[w] + drift_vertical[w, v] + drift_cluster[w, k]
+            + b_vert[v] + pos[v, p] + dev[d] + 0.25 sin(2 pi h / 24 + phase[k])
+            + b_user[u] + b_ad[a] + b_adv[adv(a)]
+            + s * softmax_m( <z_u,m , z_a * (1 + g * ctx[d, daypart(h)])> / sqrt(K) + bias_u,m )
+    label ~ Bernoulli(E_eps sigmoid(logit + eps)),  eps ~ N(0, label_noise) unobserved
 
-``z_a`` mixes category, advertiser and ad-own factors, so a user's taste learned in one vertical
-transfers to others; heavy-tailed user activity gives rare ids; users and ads are born and
-retire over windows (churn); ``level`` and ``drift_cat`` are random walks over windows (drift).
-``base`` is calibrated so window 0's CTR is ``base_ctr``.
+History features (``user_*``, ``ad_past_*``, ``user_hist_categories``) are decayed counters of the
+*labels of earlier windows*; nothing written is computed from the latents. The true probabilities
+are never written: the Bayes NE and CTR per window and vertical go into ``dataset.json``
+(:func:`bayes_ne`).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from exfm_trainer.data.synthetic_world import (
+    N_DEVICES,
+    N_POSITIONS,
+    WindowData,
+    stream,
+    total_ads,
+    total_users,
+)
 from exfm_trainer.data.windows import (
     DataError,
     as_storage,
@@ -39,9 +47,10 @@ from exfm_trainer.schema import FeatureSchema, SparseFeature
 from exfm_trainer.storage import Storage
 
 VERTICAL_NAMES = ("feed", "video", "search", "shop", "news", "games", "travel", "music")
-N_POSITIONS = 5
-N_DEVICES = 3
-HIST_MAX = 8
+GENERATOR = "exfm-synthetic/2"
+"""Written into dataset.json; a dataset by another generator version is not reused."""
+IMPRESSIONS_PER_USER = 300
+"""Default users: total rows / this (hundreds of impressions per user over the stream)."""
 
 
 class SyntheticConfig(BaseModel):
@@ -53,23 +62,54 @@ class SyntheticConfig(BaseModel):
     rows_per_window: int = Field(default=20_000, ge=1)
     verticals: int | list[str] = Field(default=4, description="How many, or their names.")
     seed: int = 0
-    drift: bool = Field(default=True, description="CTR drift over windows (level and per category).")
-    drift_strength: float = Field(default=0.3, ge=0, description="Std of the per-window drift steps.")
+    # population
     users: int | None = Field(
-        default=None, ge=1, description="Users alive at window 0 (default: windows*rows_per_window/60)."
+        default=None,
+        ge=1,
+        description=f"Users alive at window 0 (default: windows*rows_per_window/{IMPRESSIONS_PER_USER}).",
     )
-    ads_per_vertical: int = Field(default=150, ge=1, description="Ads alive per vertical at a time.")
-    advertisers: int = Field(default=120, ge=1)
-    categories: int = Field(default=40, ge=2)
-    latent_dim: int = Field(default=8, ge=1)
-    interaction_scale: float = Field(default=1.5, ge=0, description="Weight of the user x ad term.")
+    user_activity_sigma: float = Field(
+        default=1.0, ge=0, description="Log-normal sigma of per-user activity (heavy-tailed users)."
+    )
+    interests: int = Field(default=4, ge=1, description="Most interest vectors a user has (1..interests).")
+    ads_per_vertical: int = Field(default=1500, ge=1, description="Ads alive per vertical at a time.")
+    ad_zipf: float = Field(default=1.1, ge=0, description="Zipf exponent of ad popularity by rank.")
+    advertisers: int = Field(default=400, ge=1)
+    categories: int = Field(default=48, ge=2)
+    category_clusters: int = Field(default=8, ge=1, description="Categories form this many clusters.")
+    user_churn: float = Field(
+        default=0.03, ge=0, lt=1, description="Fraction of users born/retiring per window."
+    )
+    ad_churn: float = Field(default=0.1, ge=0, lt=1, description="Fraction of ads born/retiring per window.")
+    # truth
+    latent_dim: int = Field(default=16, ge=1, description="Width K of user interests and ad factors.")
+    interaction_scale: float = Field(default=1.2, ge=0, description="Weight s of the user x ad affinity.")
+    context_cross: float = Field(
+        default=0.6, ge=0, description="Weight g of the (device, daypart) modulation: user x ad x context."
+    )
     base_ctr: float = Field(default=0.05, gt=0, lt=1, description="Window-0 CTR.")
-    label_noise: float = Field(default=0.5, ge=0, description="Std of logit noise.")
-    user_churn: float = Field(default=0.05, ge=0, lt=1, description="Fraction of users retiring per window.")
-    ad_churn: float = Field(default=0.2, ge=0, lt=1, description="Fraction of ads retiring per window.")
+    label_noise: float = Field(
+        default=0.5, ge=0, description="Std of unobserved per-row logit noise (integrated into the truth)."
+    )
+    # traffic
     vertical_skew: float = Field(
         default=0.6, gt=0, le=1, description="Traffic share ratio between consecutive verticals."
     )
+    vertical_share: dict[str, float] = Field(
+        default_factory=dict,
+        description="Fixed traffic shares of named verticals (e.g. {'shop': 0.05}); the others split "
+        "the rest by vertical_skew.",
+    )
+    # drift
+    drift: bool = Field(default=True, description="Drift over windows (global, vertical, cluster, weekly).")
+    drift_strength: float = Field(default=0.15, ge=0, description="Std of the per-window drift step (logit).")
+    drift_global: float = Field(default=0.4, ge=0, le=1, description="Share of drift variance: global level.")
+    drift_vertical: float = Field(default=0.3, ge=0, le=1, description="Share: per-vertical level.")
+    drift_cluster: float = Field(default=0.3, ge=0, le=1, description="Share: per category cluster.")
+    drift_persistence: float = Field(default=0.9, ge=0, le=1, description="AR(1) coefficient of the walks.")
+    weekly_amplitude: float = Field(default=0.1, ge=0, description="Day-of-week swing of the level (logit).")
+    history_decay: float = Field(default=0.8, gt=0, le=1, description="Per-window decay of history counters.")
+    # encoding
     embedding_dim: int = Field(default=16, ge=1)
     max_hash_buckets: int | None = Field(default=None, ge=1)
     window_seconds: int = Field(default=86_400, ge=1)
@@ -84,6 +124,26 @@ class SyntheticConfig(BaseModel):
             raise ValueError("vertical names must be non-empty and unique")
         return v
 
+    @model_validator(mode="after")
+    def _consistent(self) -> SyntheticConfig:
+        total = self.drift_global + self.drift_vertical + self.drift_cluster
+        if abs(total - 1) > 1e-6:
+            raise ValueError(
+                f"drift_global + drift_vertical + drift_cluster = {total:g}; the drift shares must sum to 1"
+            )
+        names = self.vertical_names
+        unknown = sorted(set(self.vertical_share) - set(names))
+        if unknown:
+            raise ValueError(f"vertical_share names unknown verticals {unknown}; verticals are {names}")
+        if any(not 0 < s < 1 for s in self.vertical_share.values()):
+            raise ValueError("vertical_share values must be in (0, 1)")
+        fixed = sum(self.vertical_share.values())
+        if len(self.vertical_share) == len(names) and abs(fixed - 1) > 1e-6:
+            raise ValueError(f"vertical_share names every vertical but sums to {fixed:g}, not 1")
+        if len(self.vertical_share) < len(names) and fixed >= 1:
+            raise ValueError(f"vertical_share sums to {fixed:g}: leave traffic for the unnamed verticals")
+        return self
+
     @property
     def vertical_names(self) -> list[str]:
         if isinstance(self.verticals, list):
@@ -92,31 +152,43 @@ class SyntheticConfig(BaseModel):
 
     @property
     def initial_users(self) -> int:
-        return self.users or max(100, self.windows * self.rows_per_window // 60)
+        return self.users or max(100, self.windows * self.rows_per_window // IMPRESSIONS_PER_USER)
 
     @property
     def total_users(self) -> int:
-        return self.initial_users + _newborn(self.initial_users, self.user_churn) * (self.windows - 1)
+        return total_users(self)
 
     @property
     def total_ads(self) -> int:
-        per = self.ads_per_vertical + _newborn(self.ads_per_vertical, self.ad_churn) * (self.windows - 1)
-        return per * len(self.vertical_names)
+        return total_ads(self)
 
     def vertical_shares(self) -> np.ndarray:
-        raw = self.vertical_skew ** np.arange(len(self.vertical_names), dtype=np.float64)
-        return raw / raw.sum()
+        """Traffic share of each vertical (in ``vertical_names`` order), summing to 1."""
+        names = self.vertical_names
+        raw = self.vertical_skew ** np.arange(len(names), dtype=np.float64)
+        free = np.array([n not in self.vertical_share for n in names])
+        out = np.zeros(len(names))
+        if free.any():
+            out[free] = raw[free] / raw[free].sum() * (1 - sum(self.vertical_share.values()))
+        for i, n in enumerate(names):
+            out[i] = self.vertical_share.get(n, out[i])
+        return out / out.sum()
 
 
-def _newborn(alive: int, churn: float) -> int:
-    return round(alive * churn)
-
-
-def _buckets(cardinality: int, cfg: SyntheticConfig) -> int:
-    b = max(8, 4 * cardinality)
-    return min(b, cfg.max_hash_buckets) if cfg.max_hash_buckets else b
-
-
+HISTORY_DENSE = (
+    "user_past_impressions",
+    "user_ctr_lift",
+    "user_cat_impressions",
+    "user_cat_lift",
+    "user_xv_lift",
+    "ad_past_impressions",
+    "ad_ctr_lift",
+)
+"""Decayed counters of earlier windows' impressions and clicks: the FM's expensive history features.
+``*_impressions`` are decayed averages per window (no growth while the history fills up).
+``*_lift`` are log ratios of smoothed CTRs: the user's, the user's in the row's category (over the
+user's own CTR), the user's in the *other* verticals, the ad's (the others over the global CTR)."""
+DENSE = ("user_age", "ad_age", *HISTORY_DENSE)
 SPARSE = (
     "user_id",
     "ad_id",
@@ -128,9 +200,14 @@ SPARSE = (
     "hour",
     "vertical",
 )
-DENSE = ("user_age", "ad_age", "user_hist_len", "ad_prior_ctr")
+HISTORY_SPARSE = ("user_hist_categories",)
 IDENTITY_MAX = 1000
 """Columns with at most this many ids get their own row per id (no hash collisions)."""
+
+
+def _buckets(cardinality: int, cfg: SyntheticConfig) -> int:
+    b = max(8, 4 * cardinality)
+    return min(b, cfg.max_hash_buckets) if cfg.max_hash_buckets else b
 
 
 def synthetic_schema(config: SyntheticConfig) -> FeatureSchema:
@@ -157,7 +234,7 @@ def synthetic_schema(config: SyntheticConfig) -> FeatureSchema:
             SparseFeature(
                 name=name,
                 embedding_dim=config.embedding_dim,
-                multi_valued=name == "user_hist_categories",
+                multi_valued=name in HISTORY_SPARSE,
                 **encoding,
             )
         )
@@ -166,192 +243,74 @@ def synthetic_schema(config: SyntheticConfig) -> FeatureSchema:
     )
 
 
-def _lifetimes(rng: np.random.Generator, n: int, churn: float, horizon: int) -> np.ndarray:
-    if churn <= 0:
-        return np.full(n, horizon + 1, dtype=np.int64)
-    return rng.geometric(churn, size=n).astype(np.int64)
+def student_features(config: SyntheticConfig | None = None) -> list[str]:
+    """Feature columns a budget-limited student may use by default: ids, context and ages.
+
+    Excluded: the history counters and cross-vertical aggregates (``HISTORY_DENSE``,
+    ``user_hist_categories``), which a served model cannot afford, and ``vertical`` (constant
+    within one vertical's model). The FM uses every feature of :func:`synthetic_schema`.
+    """
+    excluded = {*HISTORY_DENSE, *HISTORY_SPARSE, "vertical"}
+    return [c for c in (*DENSE, *SPARSE) if c not in excluded]
 
 
-def _cohorts(
-    rng: np.random.Generator, initial: int, churn: float, windows: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Birth and retire windows (retire exclusive) for an initial cohort plus newborns each window."""
-    births = [np.zeros(initial, dtype=np.int64)]
-    born = _newborn(initial, churn)
-    for w in range(1, windows):
-        births.append(np.full(born, w, dtype=np.int64))
-    birth = np.concatenate(births)
-    return birth, birth + _lifetimes(rng, len(birth), churn, windows)
-
-
-@dataclass
-class _World:
-    """Every latent quantity of the stream, drawn once from the seed."""
-
-    cfg: SyntheticConfig
-
-    def __post_init__(self) -> None:
-        cfg, k = self.cfg, self.cfg.latent_dim
-        rng = np.random.default_rng([cfg.seed, 0])
-        nv, nc = len(cfg.vertical_names), cfg.categories
-        self.shares = cfg.vertical_shares()
-        self.b_vert = rng.normal(0, 0.3, nv)
-        # categories, advertisers
-        self.z_cat = rng.normal(0, 1, (nc, k))
-        self.phase_cat = rng.uniform(0, 2 * np.pi, nc)
-        self.z_adv = rng.normal(0, 1, (cfg.advertisers, k))
-        self.b_adv = rng.normal(0, 0.3, cfg.advertisers)
-        # users: shared by all verticals
-        self.u_birth, self.u_retire = _cohorts(rng, cfg.initial_users, cfg.user_churn, cfg.windows)
-        nu = len(self.u_birth)
-        self.z_user = rng.normal(0, 1, (nu, k))
-        self.b_user = rng.normal(0, 0.5, nu)
-        self.activity = rng.lognormal(0, 1.0, nu)
-        # user history: categories the user engaged with (taste-driven, noisy)
-        taste = self.z_user @ self.z_cat.T / np.sqrt(k) * 1.5 + rng.gumbel(size=(nu, nc))
-        top = np.argsort(-taste, axis=1)[:, :HIST_MAX]
-        hist_len = np.minimum(rng.poisson(1 + 2 * np.log1p(self.activity)), HIST_MAX)
-        self.hist_len = hist_len
-        mask = np.arange(HIST_MAX)[None, :] < hist_len[:, None]
-        offsets = np.concatenate([[0], np.cumsum(hist_len)]).astype(np.int32)
-        self.user_hist = pa.ListArray.from_arrays(pa.array(offsets), pa.array(top[mask].astype(np.int64)))
-        # ads: each vertical has its own inventory over its favourite categories
-        cat_pref = rng.dirichlet(np.full(nc, 0.3), size=nv)
-        births, retires, verts = [], [], []
-        for v in range(nv):
-            b, r = _cohorts(rng, cfg.ads_per_vertical, cfg.ad_churn, cfg.windows)
-            births.append(b)
-            retires.append(r)
-            verts.append(np.full(len(b), v, dtype=np.int64))
-        self.a_birth, self.a_retire = np.concatenate(births), np.concatenate(retires)
-        self.a_vert = np.concatenate(verts)
-        na = len(self.a_birth)
-        self.a_cat = np.array([rng.choice(nc, p=cat_pref[v]) for v in self.a_vert], dtype=np.int64)
-        self.a_adv = rng.integers(0, cfg.advertisers, na)
-        self.z_ad = (
-            np.sqrt(0.6) * self.z_cat[self.a_cat]
-            + np.sqrt(0.2) * self.z_adv[self.a_adv]
-            + np.sqrt(0.2) * rng.normal(0, 1, (na, k))
-        )
-        self.b_ad = rng.normal(0, 0.4, na)
-        self.a_weight = rng.lognormal(0, 0.7, na)
-        # context effects
-        self.pos_eff = -0.35 * np.arange(N_POSITIONS)
-        self.dev_eff = np.array([0.0, -0.25, 0.3])
-        # drift: random walks over windows (zero without drift)
-        steps = cfg.drift_strength if cfg.drift else 0.0
-        lvl = rng.normal(0, steps * 0.5, cfg.windows)
-        cat = rng.normal(0, steps, (cfg.windows, nc))
-        lvl[0], cat[0] = 0.0, 0.0
-        self.level, self.drift_cat = np.cumsum(lvl), np.cumsum(cat, axis=0)
-        self.base = 0.0
-        self.base = self._calibrate()
-
-    def _calibrate(self) -> float:
-        _, logit = self.window(0, with_noise_rng=np.random.default_rng([self.cfg.seed, 2]))
-        lo, hi = -15.0, 5.0
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            if np.mean(1 / (1 + np.exp(-(logit + mid)))) < self.cfg.base_ctr:
-                lo = mid
-            else:
-                hi = mid
-        return (lo + hi) / 2
-
-    @cached_property
-    def _span(self) -> int:
-        return self.cfg.window_seconds
-
-    def window(self, w: int, with_noise_rng: np.random.Generator | None = None) -> tuple[dict, np.ndarray]:
-        """Columns of window ``w`` (without labels) and each row's logit (noise included)."""
-        cfg, n = self.cfg, self.cfg.rows_per_window
-        rng = with_noise_rng or np.random.default_rng([cfg.seed, 1, w])
-        offs = np.sort(rng.integers(0, self._span, n))
-        ts = cfg.start_timestamp + w * self._span + offs
-        hour = (offs // 3600) % 24
-        vert = rng.choice(len(self.shares), size=n, p=self.shares)
-        alive_u = np.nonzero((self.u_birth <= w) & (self.u_retire > w))[0]
-        if len(alive_u) == 0:
-            alive_u = np.arange(len(self.u_birth))
-        pu = self.activity[alive_u] / self.activity[alive_u].sum()
-        user = alive_u[rng.choice(len(alive_u), size=n, p=pu)]
-        ad = np.empty(n, dtype=np.int64)
-        for v in range(len(self.shares)):
-            rows = np.nonzero(vert == v)[0]
-            if len(rows) == 0:
-                continue
-            pool = np.nonzero((self.a_vert == v) & (self.a_birth <= w) & (self.a_retire > w))[0]
-            if len(pool) == 0:
-                pool = np.nonzero(self.a_vert == v)[0]
-            pa_ = self.a_weight[pool] / self.a_weight[pool].sum()
-            ad[rows] = pool[rng.choice(len(pool), size=len(rows), p=pa_)]
-        pos = rng.choice(N_POSITIONS, size=n, p=[0.35, 0.25, 0.18, 0.12, 0.10])
-        dev = rng.choice(N_DEVICES, size=n, p=[0.6, 0.3, 0.1])
-        cat, adv = self.a_cat[ad], self.a_adv[ad]
-        k = cfg.latent_dim
-        inter = np.einsum("ij,ij->i", self.z_user[user], self.z_ad[ad]) / np.sqrt(k)
-        logit = (
-            self.base
-            + self.level[w]
-            + self.b_vert[vert]
-            + self.b_user[user]
-            + self.b_ad[ad]
-            + self.b_adv[adv]
-            + self.drift_cat[w, cat]
-            + cfg.interaction_scale * inter
-            + self.pos_eff[pos]
-            + self.dev_eff[dev]
-            + 0.35 * np.sin(2 * np.pi * hour / 24 + self.phase_cat[cat])
-            + rng.normal(0, cfg.label_noise, n)
-        )
-        prior = 1 / (1 + np.exp(-(self.base + self.b_ad[ad] + self.b_adv[adv])))
-        cols = {
-            "user_id": user,
-            "ad_id": ad,
-            "advertiser_id": adv,
-            "category_id": cat,
-            "position": pos,
-            "device": dev,
-            "hour": hour,
-            "vert": vert,
-            "timestamp": ts,
-            "user_age": (w - self.u_birth[user]).astype(np.float32),
-            "ad_age": (w - self.a_birth[ad]).astype(np.float32),
-            "user_hist_len": self.hist_len[user].astype(np.float32),
-            "ad_prior_ctr": (1000 * prior * rng.lognormal(0, 0.3, n)).astype(np.float32),
-        }
-        return cols, logit
-
-    def table(self, w: int) -> tuple[pa.Table, np.ndarray]:
-        """Window ``w`` as an Arrow table, and the true click probability of each row."""
-        cols, logit = self.window(w)
-        rng = np.random.default_rng([self.cfg.seed, 3, w])
-        prob = 1 / (1 + np.exp(-logit))
-        label = (rng.random(len(prob)) < prob).astype(np.int8)
-        names = np.array(self.cfg.vertical_names, dtype=object)
-        data = {
-            "label": pa.array(label),
-            **{c: pa.array(cols[c]) for c in DENSE},
-            "user_id": pa.array(cols["user_id"]),
-            "ad_id": pa.array(cols["ad_id"]),
-            "advertiser_id": pa.array(cols["advertiser_id"]),
-            "category_id": pa.array(cols["category_id"]),
-            "user_hist_categories": self.user_hist.take(pa.array(cols["user_id"])),
-            "position": pa.array(cols["position"]),
-            "device": pa.array(cols["device"]),
-            "hour": pa.array(cols["hour"]),
-            "vertical": pa.array(names[cols["vert"]], type=pa.string()),
-            "timestamp": pa.array(cols["timestamp"], type=pa.int64()),
-        }
-        return pa.table(data), prob
+def window_table(config: SyntheticConfig, data: WindowData) -> pa.Table:
+    """A generated window as the Arrow table written to storage (no true probabilities)."""
+    c = data.columns
+    names = np.array(config.vertical_names, dtype=object)
+    hist = pa.ListArray.from_arrays(pa.array(c["hist_offsets"]), pa.array(c["hist_values"]))
+    cols = {
+        "label": pa.array(data.label),
+        **{d: pa.array(c[d]) for d in DENSE},
+        **{s: pa.array(c[s]) for s in SPARSE if s not in ("user_hist_categories", "vertical")},
+    }
+    cols["user_hist_categories"] = hist
+    cols["vertical"] = pa.array(names[c["vert"]], type=pa.string())
+    cols["timestamp"] = pa.array(c["timestamp"], type=pa.int64())
+    ordered = ["label", *DENSE, *SPARSE, "timestamp"]
+    return pa.table({k: cols[k] for k in ordered})
 
 
 def generate_window(config: SyntheticConfig, window: int) -> tuple[pa.Table, np.ndarray]:
     """One window as an Arrow table (not written) and each row's true click probability.
 
-    The probabilities are for analysis (oracle metrics, tests); they are never written.
+    Simulates windows ``0..window`` (history features need the earlier labels). The probabilities
+    are for analysis (oracle metrics, tests); they are never written.
     """
-    return _World(config).table(window)
+    if not 0 <= window < config.windows:
+        raise ValueError(f"window {window} is outside the stream's 0..{config.windows - 1}")
+    *_, data = stream(config, until=window)
+    return window_table(config, data), data.prob
+
+
+def _entropy(p: float) -> float:
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+
+def normalized_entropy(p: np.ndarray, y: np.ndarray) -> float | None:
+    """Log loss of ``p`` over the entropy of the labels' base rate; None with one class only."""
+    base = float(np.mean(y)) if len(y) else 0.0
+    if base <= 0 or base >= 1:
+        return None
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    loss = -float(np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    return loss / _entropy(base)
+
+
+def window_truth(config: SyntheticConfig, data: WindowData) -> dict[str, dict[str, float | None]]:
+    """Per vertical (and ``all``): rows, CTR, mean true probability and the Bayes NE of one window."""
+    out: dict[str, dict[str, float | None]] = {}
+    groups = {name: data.columns["vert"] == i for i, name in enumerate(config.vertical_names)}
+    groups["all"] = np.ones(len(data.label), dtype=bool)
+    for name, m in groups.items():
+        y = data.label[m].astype(np.float64)
+        out[name] = {
+            "rows": int(m.sum()),
+            "ctr": float(y.mean()) if m.any() else None,
+            "true_ctr": float(data.prob[m].mean()) if m.any() else None,
+            "bayes_ne": normalized_entropy(data.prob[m], y),
+        }
+    return out
 
 
 def _ref(uri: str | os.PathLike[str] | Storage, schema: FeatureSchema) -> DatasetRef:
@@ -368,18 +327,22 @@ def generate(
 ) -> DatasetRef:
     """Write the stream's windows under ``uri`` and return its :class:`DatasetRef`.
 
-    Idempotent: windows already written by the same config are kept (an interrupted run resumes).
-    A dataset written by a different config raises DataError unless ``overwrite``.
+    ``dataset.json`` holds the config, the schema and, once every window is written, ``truth``:
+    per window and vertical the rows, CTR, mean true probability and Bayes NE (:func:`bayes_ne`).
+    Idempotent: windows already written by the same config and generator are kept (the stream is
+    still simulated from window 0: history features need the earlier labels). A dataset written
+    by another config raises DataError unless ``overwrite``.
     """
     storage = as_storage(uri)
     schema = synthetic_schema(config)
     info = {
-        "generator": "exfm-synthetic",
+        "generator": GENERATOR,
         "config": config.model_dump(mode="json"),
         "schema": schema.model_dump(mode="json"),
     }
     existing = read_dataset_info(storage)
-    if existing is not None and existing.get("config") != info["config"]:
+    same = existing is not None and all(existing.get(k) == info[k] for k in ("generator", "config"))
+    if existing is not None and not same:
         if not overwrite:
             raise DataError(
                 f"{storage.root_uri} already holds a dataset written by another config; pick a new "
@@ -389,10 +352,29 @@ def generate(
             if name.startswith("window="):
                 storage.delete_prefix(name + "/")
     write_dataset_info(storage, info)
-    world = _World(config)
-    for w in range(config.windows):
-        if is_window_ready(storage, w) and existing is not None and existing.get("config") == info["config"]:
+    truth: dict[str, dict] = {}
+    for data in stream(config):
+        w = data.window
+        truth[str(w)] = window_truth(config, data)
+        if same and is_window_ready(storage, w):
             continue
-        table, _ = world.table(w)
+        table = window_table(config, data)
         write_window(storage, w, table, rows_per_file=rows_per_file or config.rows_per_window, overwrite=True)
+    write_dataset_info(storage, {**info, "truth": truth})
     return _ref(uri, schema)
+
+
+def bayes_ne(dataset_uri: str | os.PathLike[str] | Storage) -> dict[int, dict[str, float | None]]:
+    """``{window: {vertical: Bayes NE}}`` of a synthetic dataset (NE of the true probabilities on
+    the written labels; None where a vertical has one class only), from its ``dataset.json``."""
+    info = read_dataset_info(dataset_uri)
+    truth = (info or {}).get("truth")
+    if truth is None:
+        raise DataError(
+            f"{dataset_uri}: dataset.json holds no `truth` (not a finished synthetic dataset of "
+            f"generator {GENERATOR}); regenerate it with exfm_trainer.data.synthetic.generate"
+        )
+    return {
+        int(w): {v: t["bayes_ne"] for v, t in per.items() if v != "all"}
+        for w, per in sorted(truth.items(), key=lambda kv: int(kv[0]))
+    }
