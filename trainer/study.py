@@ -299,8 +299,13 @@ def train_vm(
     start: int,
     seed: int,
     export: bool = False,
+    end: int | None = None,
 ) -> list[layout.WindowMetrics]:
-    """``vm-train`` of one vertical in one study mode from window ``start``; per-window metrics."""
+    """``vm-train`` of one vertical in one study mode on windows ``[start, end)``; per-window metrics.
+
+    The student gets the generator's serving-budget feature subset where there is one
+    (:func:`student_features`).
+    """
     from exfm_trainer.jobs import VMTrainJob, WindowRange
     from exfm_trainer.train.loop import run_training
 
@@ -316,12 +321,33 @@ def train_vm(
         batch_size=preset.vm_batch_size,
         seed=seed,
         device="cpu",
-        windows=WindowRange(start=start),
+        windows=WindowRange(start=start, end=end),
         checkpoint_every=10_000,
         keep_checkpoints=1,
         export=export,
+        **student_features(preset, aug),
     )
     return run_training(job, out=None).metrics
+
+
+def student_features(preset: StudyPreset, aug: DatasetRef) -> dict[str, Any]:
+    """``{"features": [...]}``: the student's serving budget on the synthetic stream, when both the
+    generator (``synthetic.student_features``) and the job (``VMTrainJob.features``) support it;
+    ``{}`` otherwise (imported data, or older code: the student sees every feature)."""
+    from exfm_trainer.data import synthetic
+    from exfm_trainer.jobs import VMTrainJob
+
+    pick = getattr(synthetic, "student_features", None)
+    if pick is None or "features" not in VMTrainJob.model_fields or not is_synthetic(aug, preset):
+        return {}
+    return {"features": list(pick(preset.synthetic))}
+
+
+def is_synthetic(ref: DatasetRef, preset: StudyPreset) -> bool:
+    """Whether ``ref`` (or the DAS output over it) has the preset's synthetic schema."""
+    from exfm_trainer.data.synthetic import synthetic_schema
+
+    return ref.feature_schema == synthetic_schema(preset.synthetic)
 
 
 # ---- summaries ----------------------------------------------------------------------------------
@@ -332,6 +358,16 @@ def second_half(values: Sequence[float | None]) -> float:
     tail = [v for v in values[len(values) // 2 :] if v is not None and math.isfinite(v)]
     if not tail:
         raise StudyError("no finite metric in the second half of the windows (windows too small?)")
+    return sum(tail) / len(tail)
+
+
+def mean_from(values: Sequence[float | None], windows: Sequence[int], first: int) -> float:
+    """Mean of the finite ``values`` of windows ``>= first``."""
+    tail = [
+        v for v, w in zip(values, windows, strict=True) if w >= first and v is not None and math.isfinite(v)
+    ]
+    if not tail:
+        raise StudyError(f"no finite metric from window {first} on (windows too small?)")
     return sum(tail) / len(tail)
 
 
