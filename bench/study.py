@@ -294,7 +294,7 @@ def run(
                 f"error: data seed {d} has other verticals/windows than data seed {data_seeds[0]}"
             )
     tasks = [t for t in build_tasks(plan, run0.verticals, run0.windows) if not t.key.startswith("data:")]
-    done = run_dag(tasks, workers, log, prior=done)
+    done = run_dag(tasks, workers, log, prior=done, limits={"fm": max(1, workers - 1)})
     res = summarize(plan, done, run0.verticals, run0.windows)
     serving = serving_bench(run0, plan)
     das, src = load_or_run_das(das_json)

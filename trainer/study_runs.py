@@ -63,6 +63,12 @@ class Plan:
         return self.preset.staleness
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
 # ---- task functions (run in worker processes; arguments and results are picklable) ---------------
 
 
@@ -84,6 +90,7 @@ def t_data(plan: Plan, d: int) -> dict[str, Any]:
 
 def t_fm(data: dict[str, Any], size: str, d: int) -> dict[str, Any]:
     """Train the FM of one size (seed ``d``) over every window; its per-window curve."""
+    _one_thread()
     metrics = study.ensure_fm(data["run"], size, d)
     c = study.curve(metrics)
     return {**c, "ne_second_half": study.second_half(c["ne"][1:])}
@@ -91,6 +98,7 @@ def t_fm(data: dict[str, Any], size: str, d: int) -> dict[str, Any]:
 
 def t_das(data: dict[str, Any], _fm: Any, size: str, d: int, lag: int, start: int) -> dict[str, Any]:
     """The DAS of FM ``(size, d)`` ``lag`` windows stale from ``start``, and the FM's NE per vertical."""
+    _one_thread()
     run = data["run"]
     aug = study.ensure_das(run, size, d, lag, start)
     vm_windows = run.windows[run.windows.index(start) :]
@@ -110,6 +118,7 @@ def t_vm(
     end: int | None = None,
 ) -> dict[str, Any]:
     """One VM training; its per-window curve (plus second-half means when trained to the end)."""
+    _one_thread()
     run = data["run"]
     preset = run.preset
     if isinstance(distill, dict):
@@ -176,8 +185,9 @@ def build_tasks(plan: Plan, verticals: Sequence[str], windows: Sequence[int]) ->
         tasks.append(Task(data.key, t_data, (plan, d), priority=100))
         sizes = [p.fm_preset, *(z for z in plan.fm_sizes if z != p.fm_preset)]
         for i, size in enumerate(sizes):
-            prio = 90 if size == p.fm_preset else 60 + i
-            tasks.append(Task(f"fm:{d}:{size}", t_fm, (data, size, d), priority=prio))
+            # the ablation FM first (it gates the selection and most VMs), then the largest
+            prio = 90 - d if size == p.fm_preset else 70 + i
+            tasks.append(Task(f"fm:{d}:{size}", t_fm, (data, size, d), priority=prio, group="fm"))
         das_keys = {(p.fm_preset, ab_lag, ab_start)}
         das_keys |= {(p.fm_preset, k, st_start) for k in plan.staleness_levels}
         das_keys |= {(size, ab_lag, ab_start) for size in plan.fm_sizes}

@@ -61,6 +61,13 @@ def _check(cells: Mapping[str, Cell]) -> tuple[list[str], int]:
     return names, n_data
 
 
+def _counts(draws: np.ndarray, n: int) -> np.ndarray:
+    """``[replicates, n]`` multiplicities of each index in each replicate's draws."""
+    out = np.zeros((draws.shape[0], n))
+    np.add.at(out, (np.repeat(np.arange(draws.shape[0]), draws.shape[1]), draws.ravel()), 1.0)
+    return out
+
+
 def bootstrap(
     cells: Mapping[str, Cell],
     stat: Callable[[Mapping[str, Any]], Any],
@@ -87,8 +94,8 @@ def bootstrap(
         for i, n in enumerate(names):
             point_sum[n] += float(vals[i].sum())
         point_n += float(mask.sum())
-        cs = np.stack([np.bincount(r, minlength=n_s) for r in rng.integers(0, n_s, (n_boot, n_s))])
-        cw = np.stack([np.bincount(r, minlength=n_w) for r in rng.integers(0, n_w, (n_boot, n_w))])
+        cs = _counts(rng.integers(0, n_s, (n_boot, n_s)), n_s)
+        cw = _counts(rng.integers(0, n_w, (n_boot, n_w)), n_w)
         counts += np.einsum("bs,sw,bw->b", cs, mask, cw)
         for i, n in enumerate(names):
             sums[n] += np.einsum("bs,sw,bw->b", cs, vals[i], cw)
