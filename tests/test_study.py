@@ -32,8 +32,12 @@ def _check_shape(result: dict, verticals: list[str]) -> None:
 @pytest.mark.slow
 def test_study_tiny_preset_writes_exact_shape_and_uses_a_stale_fm(tmp_path: Path) -> None:
     out = tmp_path / "study"
-    assert study.main(["--preset", "tiny", "--out", str(out)]) == 0
+    assert study.main(["--preset", "tiny", "--out", str(out), "--select"]) == 0
     result = json.loads((out / "study.json").read_text())
+    # the knobs were picked on windows before the evaluated half and used by every distilled VM
+    sel = result["selection"]
+    assert max(sel["tuning_windows"]) < sel["evaluated_windows_start"] == 4
+    assert {k: result["preset"]["distill"][k] for k in sel["chosen"]} == sel["chosen"]
     verticals = study.get_preset("tiny").synthetic.vertical_names
     _check_shape(result, verticals)
     assert (out / "study.md").read_text().count("|") > 20
