@@ -293,6 +293,13 @@ def run(
             raise SystemExit(
                 f"error: data seed {d} has other verticals/windows than data seed {data_seeds[0]}"
             )
+    need = max(plan.staleness_levels) + 3
+    if len(run0.windows) < need:
+        raise SystemExit(
+            f"error: {run0.ref.uri} has {len(run0.windows)} windows; the staleness sweep (FM up to "
+            f"{max(plan.staleness_levels)} windows stale) needs at least {need}: use more, shorter windows "
+            "(--window-seconds)"
+        )
     tasks = [t for t in build_tasks(plan, run0.verticals, run0.windows) if not t.key.startswith("data:")]
     done = run_dag(tasks, workers, log, prior=done, limits={"fm": max(1, workers - 1)})
     res = summarize(plan, done, run0.verticals, run0.windows)

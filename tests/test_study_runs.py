@@ -153,7 +153,7 @@ def test_planted_study_gives_every_acceptance_key(tmp_path: Path) -> None:
     assert res["bayes_ne"] == {"a": pytest.approx(0.7), "b": pytest.approx(0.7)}
     # transfer ratio: (1 - (1 - g)) / (1 - 0.97) with the 1-stale FM at 0.97
     assert res["transfer_ratio"]["a"]["aux"] == pytest.approx(0.01 / 0.03, rel=0.2)
-    assert res["collapses"] == 1
+    assert res["collapses"] == 1 and res["collapses_by_mode"] == {"kd": 1, "aux": 0, "aux_sa": 0}
     assert res["collapses_detail"][0]["vertical"] == "b" and res["collapses_detail"][0]["mode"] == "kd"
     sel = res["selection"]
     assert sel["chosen"]["alpha"] == 2.0 and sel["chosen"]["weight"] == 0.5

@@ -323,7 +323,12 @@ def collapse_lines(res: dict[str, Any]) -> list[str]:
     """Distilled runs > 1 % worse than their paired none, and outlying none runs."""
     lines = [
         f"Collapses (a distilled run > 1 % worse than the same seed's none): **{res['collapses']}** of "
-        f"{res.get('runs_checked', '?')} runs."
+        f"{res.get('runs_checked', '?')} runs"
+        + (
+            " (" + ", ".join(f"{MODE_LABELS[m]} {n}" for m, n in res["collapses_by_mode"].items()) + ")."
+            if "collapses_by_mode" in res
+            else "."
+        )
     ]
     for c in res.get("collapses_detail", [])[:10]:
         lines.append(

@@ -165,11 +165,6 @@ def t_tune_group(curves: dict[str, dict[str, Any]], mode: str, override: dict[st
 # ---- the plan -----------------------------------------------------------------------------------
 
 
-def windows_of(plan: Plan) -> list[int]:
-    """The stream's window ids (the synthetic preset's; imported data: read from the data task)."""
-    return list(range(plan.preset.synthetic.windows))
-
-
 def build_tasks(plan: Plan, verticals: Sequence[str], windows: Sequence[int]) -> list[Task]:
     """Every task of the study (see the module doc for what and why)."""
     tasks: list[Task] = []

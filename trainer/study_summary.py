@@ -261,7 +261,14 @@ def collapse_section(r: Results) -> dict[str, Any]:
                     {"section": base, "vertical": v, "data_seed": d, "seed": int(s), "ne": vals[s]}
                     for s in S.outliers(vals)
                 ]
-    return {"collapses": n, "collapses_detail": bad, "runs_checked": len(runs), "none_outliers": none_out}
+    by_mode = {m: sum(b["mode"] == m for b in bad) for m in DISTILL_MODES}
+    return {
+        "collapses": n,
+        "collapses_by_mode": by_mode,
+        "collapses_detail": bad,
+        "runs_checked": len(runs),
+        "none_outliers": none_out,
+    }
 
 
 def bayes_section(
