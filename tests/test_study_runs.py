@@ -155,6 +155,9 @@ def test_planted_study_gives_every_acceptance_key(tmp_path: Path) -> None:
     assert res["transfer_ratio"]["a"]["aux"] == pytest.approx(0.01 / 0.03, rel=0.2)
     assert res["collapses"] == 1 and res["collapses_by_mode"] == {"kd": 1, "aux": 0, "aux_sa": 0}
     assert res["collapses_detail"][0]["vertical"] == "b" and res["collapses_detail"][0]["mode"] == "kd"
+    goals = {k: g["met"] for k, g in res["goals"].items()}
+    assert goals["aux_sa_ci_lower_above_0_every_vertical"] and goals["aux_mean_at_least_kd_every_vertical"]
+    assert goals["fm_ne_strictly_decreasing_with_size"] and not goals["no_collapses"]
     sel = res["selection"]
     assert sel["chosen"]["alpha"] == 2.0 and sel["chosen"]["weight"] == 0.5
     assert sel["chosen"]["beta"] == 1.0 and sel["chosen"]["adapter_share"] == 0.75

@@ -387,6 +387,13 @@ def serving_lines(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def goals_lines(res: dict[str, Any]) -> list[str]:
+    """The issue's acceptance goals, met or not on this run."""
+    goals = res.get("goals") or {}
+    rows = [[name.replace("_", " "), "yes" if g["met"] else "**no**"] for name, g in goals.items()]
+    return md_table(["goal", "met"], rows) if rows else []
+
+
 def bench_markdown(res: dict[str, Any], image_prefix: str = "") -> str:
     """The study benchmark's tables (see bench/study.py); images under ``image_prefix``."""
     stem = f"{image_prefix}study_bench_{res['setup'].get('preset_name', 'run')}"
@@ -395,6 +402,10 @@ def bench_markdown(res: dict[str, Any], image_prefix: str = "") -> str:
         "# Transfer-study benchmark",
         "",
         *setup_lines(res),
+        "",
+        "## Goals of issue 10 on this run",
+        "",
+        *goals_lines(res),
         "",
         "## Ablation: mean progressive NE over the evaluated windows (every seed)",
         "",

@@ -7,6 +7,7 @@ windows x seeds bootstrap of :mod:`exfm_trainer.study_stats`, pooled over all da
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -333,6 +334,50 @@ def selection_section(r: Results) -> dict[str, Any] | None:
     }
 
 
+def goals_section(res: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The issue's acceptance goals, checked on this run (``met`` and what was measured)."""
+    ci, rec, sc = res["ci"], res["staleness_recovery"], res["scaling"]
+    verts = list(ci)
+    sizes = list(sc["fm_ne"])
+    fm = [sc["fm_ne"][z] for z in sizes]
+    gain = [sc["vm_gain_pct"][z] for z in sizes]
+    near = [k for k in ("1", "2") if k in rec]
+    goals = {
+        "aux_sa_ci_lower_above_0_every_vertical": {
+            "met": all(ci[v]["aux_sa"]["ci95"][0] > 0 for v in verts),
+            "measured": {v: ci[v]["aux_sa"]["ci95"][0] for v in verts},
+        },
+        "aux_mean_at_least_kd_every_vertical": {
+            "met": all(ci[v]["aux"]["gain_pct"] >= ci[v]["kd"]["gain_pct"] for v in verts),
+            "measured": {v: [ci[v]["aux"]["gain_pct"], ci[v]["kd"]["gain_pct"]] for v in verts},
+        },
+        "recovered_at_least_0.3_ci_lower_above_0_at_k1_k2": {
+            "met": bool(near)
+            and all(rec[k][v]["recovered"] >= 0.3 and rec[k][v]["ci95"][0] > 0 for k in near for v in verts),
+            "measured": {k: {v: [rec[k][v]["recovered"], rec[k][v]["ci95"][0]] for v in verts} for k in near},
+        },
+        "no_significant_adapter_loss_at_any_k": {
+            "met": all(rec[k][v]["adapter_gain_ne_ci95"][1] >= 0 for k in rec for v in verts)
+            and all(
+                lvl[v]["ci"]["aux_sa"]["ci95"][1] >= 0
+                for lvl in res["staleness"]["levels"].values()
+                for v in verts
+            ),
+            "measured": "adapter vs aux and aux_sa vs none intervals per k (staleness section)",
+        },
+        "fm_ne_strictly_decreasing_with_size": {
+            "met": all(a > b for a, b in itertools.pairwise(fm)),
+            "measured": dict(zip(sizes, fm, strict=True)),
+        },
+        "vm_gain_non_decreasing_with_fm_size": {
+            "met": all(a <= b for a, b in itertools.pairwise(gain)),
+            "measured": dict(zip(sizes, gain, strict=True)),
+        },
+        "no_collapses": {"met": res["collapses"] == 0, "measured": res["collapses"]},
+    }
+    return goals
+
+
 def timings_section(done: Mapping[str, Done]) -> dict[str, Any]:
     """Wall and CPU seconds per task kind (``data``, ``fm:<size>``, ``das``, ``vm``, ``tune``)."""
     wall: dict[str, float] = {}
@@ -379,4 +424,5 @@ def summarize(
     }
     if bayes is not None:
         out["bayes_ne"] = bayes
+    out["goals"] = goals_section(out)
     return out
