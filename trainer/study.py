@@ -569,7 +569,7 @@ def select_distill(
     from exfm_trainer.study_summary import Results, evaluated, selection_section
 
     p = run.preset
-    plan = Plan(p, run.out, data_seeds=[0], seeds=[p.seed])
+    plan = Plan(p, run.out, data_seeds=[0], seeds=[p.seed], shared_start=False)
     vm_windows = run.windows[run.windows.index(start) :]
     eval_from = evaluated(vm_windows)[0]
     prior = {

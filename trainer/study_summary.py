@@ -30,16 +30,13 @@ class Results:
     ):
         self.plan, self.done, self.verticals, self.windows = plan, done, list(verticals), list(windows)
         p = plan.preset
-        self.ab_start = windows[0] + plan.ablation_lag + 1
-        self.st_start = windows[0] + max(plan.staleness_levels) + 1
+        self.ab_start, self.st_start = plan.starts(windows)
         self.ab_eval = evaluated([w for w in windows if w >= self.ab_start])
         self.st_eval = evaluated([w for w in windows if w >= self.st_start])
         self.fm = p.fm_preset
 
     def curve(self, section: str, d: int, s: int, v: str, mode: str) -> dict[str, Any]:
-        if section == f"scaling-{self.fm}" or (section.startswith("staleness") and mode == "none"):
-            section = "ablation" if section.startswith("scaling") else "staleness"
-        return self.done[vm_key(section, d, s, v, mode)].result
+        return self.done[vm_key(self.plan.canonical(section, mode), d, s, v, mode)].result
 
     def cell(self, section: str, v: str, mode: str) -> list[np.ndarray]:
         """``[data seed][model seed, evaluated window]`` NE of one section, vertical and mode."""
@@ -235,8 +232,9 @@ def collapse_section(r: Results) -> dict[str, Any]:
     secs = [("ablation", m) for m in DISTILL_MODES]
     secs += [(f"staleness{k}", m) for k in r.plan.staleness_levels for m in ("aux", "aux_sa")]
     secs += [(f"scaling-{z}", "aux_sa") for z in r.plan.fm_sizes if z != r.fm]
+    secs = [(sec, m) for sec, m in secs if r.plan.canonical(sec, m) == sec]  # each trained run once
     for sec, m in secs:
-        base = "staleness" if sec.startswith("staleness") else "ablation"
+        base = r.plan.canonical("staleness" if sec.startswith("staleness") else "ablation", "none")
         for v in r.verticals:
             ne, ne0 = _run_means(r.cell(sec, v, m)), _run_means(r.cell(base, v, "none"))
             ids = [(d, s) for d in r.plan.data_seeds for s in r.plan.seeds]
@@ -254,7 +252,7 @@ def collapse_section(r: Results) -> dict[str, Any]:
                 )
     n, bad = S.collapses(runs)
     none_out = []
-    for base in ("ablation", "staleness"):
+    for base in sorted({"ablation", r.plan.canonical("staleness", "none")}):
         for v in r.verticals:
             for d, arr in zip(r.plan.data_seeds, r.cell(base, v, "none"), strict=True):
                 vals = {str(s): float(np.nanmean(row)) for s, row in zip(r.plan.seeds, arr, strict=True)}
