@@ -299,8 +299,13 @@ def train_vm(
     start: int,
     seed: int,
     export: bool = False,
+    end: int | None = None,
 ) -> list[layout.WindowMetrics]:
-    """``vm-train`` of one vertical in one study mode from window ``start``; per-window metrics."""
+    """``vm-train`` of one vertical in one study mode on windows ``[start, end)``; per-window metrics.
+
+    The student gets the generator's serving-budget feature subset where there is one
+    (:func:`student_features`).
+    """
     from exfm_trainer.jobs import VMTrainJob, WindowRange
     from exfm_trainer.train.loop import run_training
 
@@ -316,12 +321,33 @@ def train_vm(
         batch_size=preset.vm_batch_size,
         seed=seed,
         device="cpu",
-        windows=WindowRange(start=start),
+        windows=WindowRange(start=start, end=end),
         checkpoint_every=10_000,
         keep_checkpoints=1,
         export=export,
+        **student_features(preset, aug),
     )
     return run_training(job, out=None).metrics
+
+
+def student_features(preset: StudyPreset, aug: DatasetRef) -> dict[str, Any]:
+    """``{"features": [...]}``: the student's serving budget on the synthetic stream, when both the
+    generator (``synthetic.student_features``) and the job (``VMTrainJob.features``) support it;
+    ``{}`` otherwise (imported data, or older code: the student sees every feature)."""
+    from exfm_trainer.data import synthetic
+    from exfm_trainer.jobs import VMTrainJob
+
+    pick = getattr(synthetic, "student_features", None)
+    if pick is None or "features" not in VMTrainJob.model_fields or not is_synthetic(aug, preset):
+        return {}
+    return {"features": list(pick(preset.synthetic))}
+
+
+def is_synthetic(ref: DatasetRef, preset: StudyPreset) -> bool:
+    """Whether ``ref`` (or the DAS output over it) has the preset's synthetic schema."""
+    from exfm_trainer.data.synthetic import synthetic_schema
+
+    return ref.feature_schema == synthetic_schema(preset.synthetic)
 
 
 # ---- summaries ----------------------------------------------------------------------------------
@@ -332,6 +358,16 @@ def second_half(values: Sequence[float | None]) -> float:
     tail = [v for v in values[len(values) // 2 :] if v is not None and math.isfinite(v)]
     if not tail:
         raise StudyError("no finite metric in the second half of the windows (windows too small?)")
+    return sum(tail) / len(tail)
+
+
+def mean_from(values: Sequence[float | None], windows: Sequence[int], first: int) -> float:
+    """Mean of the finite ``values`` of windows ``>= first``."""
+    tail = [
+        v for v, w in zip(values, windows, strict=True) if w >= first and v is not None and math.isfinite(v)
+    ]
+    if not tail:
+        raise StudyError(f"no finite metric from window {first} on (windows too small?)")
     return sum(tail) / len(tail)
 
 
@@ -524,8 +560,36 @@ def vm_variants(
     return res
 
 
-def run_study(run: StudyRun, modes: Sequence[str] = MODES, workers: int = 1) -> dict[str, Any]:
-    """The ablation of the study command: FM, lagged DAS, four VMs per vertical."""
+def select_distill(
+    run: StudyRun, aug: DatasetRef, teacher: dict[str, Any], start: int, workers: int
+) -> tuple[DistillConfig, dict[str, Any] | None]:
+    """Pick alpha, beta, w and adapter_share on the early VM windows (see ``study_runs``)."""
+    from exfm_trainer.study_dag import Done, run_dag
+    from exfm_trainer.study_runs import Plan, das_key, selection_tasks
+    from exfm_trainer.study_summary import Results, evaluated, selection_section
+
+    p = run.preset
+    plan = Plan(p, run.out, data_seeds=[0], seeds=[p.seed], shared_start=False)
+    vm_windows = run.windows[run.windows.index(start) :]
+    eval_from = evaluated(vm_windows)[0]
+    prior = {
+        "data:0": Done({"run": run, "bayes_ne": None}, 0.0, 0.0),
+        das_key(0, p.fm_preset, p.staleness, start): Done({"aug": aug, "teacher": teacher}, 0.0, 0.0),
+    }
+    with _Clock(run.timer, "selection"):
+        done = run_dag(selection_tasks(plan, run.verticals, start, eval_from), workers, prior=prior)
+    chosen = DistillConfig(**done["select:final"].result["config"])
+    return chosen, selection_section(Results(plan, done, run.verticals, run.windows))
+
+
+def run_study(
+    run: StudyRun, modes: Sequence[str] = MODES, workers: int = 1, select: bool = False
+) -> dict[str, Any]:
+    """The ablation of the study command: FM, lagged DAS, four VMs per vertical.
+
+    ``select``: first pick the distillation knobs on the early windows (the choice is recorded
+    under ``selection`` and used by every distilled VM).
+    """
     p = run.preset
     t0 = time.perf_counter()
     fm_metrics = ensure_fm(run, p.fm_preset, p.seed)
@@ -534,6 +598,9 @@ def run_study(run: StudyRun, modes: Sequence[str] = MODES, workers: int = 1) -> 
     vm_windows = run.windows[run.windows.index(start) :]
     with _Clock(run.timer, "fm-quality"):
         teacher = fm_vertical_quality(aug, vm_windows, run.verticals)
+    selection = None
+    if select:
+        p.distill, selection = select_distill(run, aug, teacher, start, workers)
     with _Clock(run.timer, "vm-stage (all VMs)"):
         res = vm_variants(
             run, aug, f"{p.fm_preset}-s{p.seed}-lag{p.staleness}", modes, start, p.seed, workers
@@ -551,6 +618,7 @@ def run_study(run: StudyRun, modes: Sequence[str] = MODES, workers: int = 1) -> 
         "per_window": res,
         "fm": {"preset": p.fm_preset, **fm_curve, "ne_second_half": second_half(fm_curve["ne"][1:])},
         "fm_per_vertical": teacher,
+        "selection": selection,
         "timings_s": {"wall": run.timer.wall, "cpu": run.timer.cpu, "total_wall": time.perf_counter() - t0},
     }
 
@@ -574,6 +642,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--staleness", type=int, default=None, help="FM staleness in windows (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes)")
     ap.add_argument("--workers", type=int, default=2, help="VM trainings run in parallel (processes)")
+    ap.add_argument(
+        "--select",
+        action="store_true",
+        help="pick alpha, beta, w and adapter_share on the early windows first (about doubles the VM time)",
+    )
     return ap
 
 
@@ -600,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise StudyError(f"--schema {args.schema}: {err}") from None
         verticals = [v.strip() for v in args.verticals.split(",")] if args.verticals else None
         run = prepare(args.out, preset, args.dataset, schema, verticals, args.window_seconds)
-        result = run_study(run, workers=max(1, args.workers))
+        result = run_study(run, workers=max(1, args.workers), select=args.select)
     except (StudyError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
