@@ -145,8 +145,26 @@ class VMTrainJob(_JobBase):
     vertical: str | None = Field(default=None, description="Keep rows of this vertical only.")
     preset: ModelPreset = "tiny"
     distillation: Distillation = Field(default_factory=Distillation)
+    features: list[str] | None = Field(
+        default=None,
+        description="Serving budget: the dataset's feature columns (dense and sparse) the VM may use; "
+        "None: all of them.",
+    )
     export: bool = Field(default=True, description="Write a serving export after training.")
     optim: Optim = Field(default_factory=Optim)
+
+    @model_validator(mode="after")
+    def _known_features(self) -> VMTrainJob:
+        if self.features is not None:
+            self.dataset.feature_schema.select(self.features)  # raises naming the bad columns
+        return self
+
+    def model_dataset(self) -> DatasetRef:
+        """The dataset as the VM reads it: its schema restricted to ``features`` (when set)."""
+        if self.features is None:
+            return self.dataset
+        schema = self.dataset.feature_schema.select(self.features)
+        return self.dataset.model_copy(update={"feature_schema": schema})
 
 
 JobConfig = Annotated[FMTrainJob | DASJob | VMTrainJob, Field(discriminator="job")]
