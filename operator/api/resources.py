@@ -207,7 +207,6 @@ class VerticalModelSpec(ApiModel):
         max_length=4096,
         description="Serving budget: the DAS dataset's feature columns (dense and sparse) this student "
         "may use; default: all of them (the FM always uses all).",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     storage: StorageSpec | None = Field(
         default=None, description="Artifact root; default: the DAS's storage."
