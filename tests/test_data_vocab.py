@@ -104,11 +104,26 @@ def test_inferred_vocabularies_have_zero_collisions(tmp_path: Path) -> None:
 def test_reimport_gives_the_same_vocabulary_whatever_the_row_order(tmp_path: Path) -> None:
     table = _table(seed=3)
     first = _import(_csv(tmp_path / "a.csv", table), tmp_path / "a", vocabulary_threshold=100)
-    again = _import(_csv(tmp_path / "a.csv", table), tmp_path / "a", vocabulary_threshold=100, overwrite=True)
+    again = _import(_csv(tmp_path / "a.csv", table), tmp_path / "c", vocabulary_threshold=100)
     shuffled = table.take(pa.array(np.random.default_rng(1).permutation(table.num_rows)))
     other = _import(_csv(tmp_path / "b.csv", shuffled), tmp_path / "b", vocabulary_threshold=100)
     assert first == again == other
     assert first.fingerprint() == again.fingerprint() == other.fingerprint()
+
+
+def test_a_later_import_into_the_same_root_keeps_its_vocabularies(tmp_path: Path) -> None:
+    first = _import(_csv(tmp_path / "a.csv", _table()), tmp_path / "ds", vocabulary_threshold=100)
+    later = _table(seed=5)
+    later = later.set_column(0, "ts", pc.add(later["ts"], 4 * 3600))  # the next four hours
+    later = later.set_column(4, "device", pa.array(["watch"] * later.num_rows))  # a value never seen
+    ref, rows = import_table(_csv(tmp_path / "b.csv", later), tmp_path / "ds", DECLARED, window_seconds=3600,
+                             origin=0, vocabulary_threshold=100)  # fmt: skip
+    assert min(rows) == 4 and ref.feature_schema == first  # ids keep their rows
+    info = read_dataset_info(tmp_path / "ds")
+    assert info is not None and info["vocabularies_kept_from"] == first.fingerprint()
+    device = next(f for f in first.sparse if f.name == "device")
+    ids, _ = encode_column(next(iter_record_batches(ref.uri, 5, ["device"]))["device"], device)
+    assert set(ids.tolist()) == {OOV_ROW}  # the new value lands on the out-of-vocabulary row
 
 
 def test_threshold_zero_keeps_hashing_and_nulls_are_not_vocabulary(tmp_path: Path) -> None:

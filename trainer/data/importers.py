@@ -28,12 +28,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from exfm_trainer.data.vocab import DEFAULT_VOCABULARY_THRESHOLD, VocabularyCounter
+from exfm_trainer.data.vocab import DEFAULT_VOCABULARY_THRESHOLD, VocabularyCounter, adopt_vocabularies
 from exfm_trainer.data.windows import (
     DEFAULT_ROWS_PER_FILE,
     DataError,
     WindowWriter,
     as_storage,
+    is_window_ready,
+    read_dataset_info,
     write_dataset_info,
 )
 from exfm_trainer.jobs import DatasetRef
@@ -102,11 +104,14 @@ class _Windower:
         self.writers[window].write(table)
 
     def close(self, fill_gaps: bool = True) -> dict[int, int]:
-        """Finish every window (empty ones for gaps when ``fill_gaps``); returns rows per window."""
+        """Finish every window (empty ones for gaps when ``fill_gaps``); returns rows per window.
+
+        A gap already holding a ready window (an earlier import into the same root) is left alone.
+        """
         last = max(self.writers, default=-1)
         if fill_gaps:
             for w in range(last + 1):
-                if w not in self.writers:
+                if w not in self.writers and not is_window_ready(self.storage, w):
                     self.writers[w] = WindowWriter(self.storage, w, self.rows_per_file, self.overwrite)
         return {w: self.writers[w].close() for w in sorted(self.writers)}
 
@@ -270,8 +275,10 @@ def import_table(
     """Import a CSV/TSV/Parquet file into windows of ``window_seconds`` by its timestamp column.
 
     Hashed sparse columns with at most ``vocabulary_threshold`` distinct values get a vocabulary
-    (0: none); declared vocabulary/identity encodings are kept. The returned ref's schema is the
-    one stored with the dataset.
+    (0: none); declared vocabulary/identity encodings are kept. Importing into a root that already
+    holds an imported dataset (a later file, or a re-import) keeps the vocabularies stored there,
+    so ids map to the same rows for the life of the root (new values land on the OOV row). The
+    returned ref's schema is the one stored with the dataset.
 
     Windows are aligned to multiples of ``window_seconds`` since the epoch (UTC midnight for a
     day); window 0 is the bucket of the earliest timestamp unless ``origin`` (epoch seconds)
@@ -294,6 +301,9 @@ def import_table(
     if schema.vertical:
         types[schema.vertical] = pa.string()
     storage = as_storage(out)
+    declared, prior = schema, read_dataset_info(storage) or {}
+    if prior.get("importer") == "table" and "schema" in prior:  # keep this root's vocabularies
+        schema = adopt_vocabularies(schema, FeatureSchema.model_validate(prior["schema"]))
     counter = VocabularyCounter(schema, vocabulary_threshold)
     windower = _Windower(storage, rows_per_file, overwrite)
     try:
@@ -353,8 +363,9 @@ def import_table(
             "importer": "table",
             "window_seconds": window_seconds,
             "origin": origin,
-            "declared_schema": schema.model_dump(mode="json"),
+            "declared_schema": declared.model_dump(mode="json"),
             **schema_info,
+            "vocabularies_kept_from": prior.get("schema_fingerprint") if declared != schema else None,
         },
     )
     return _ref(out, stored), rows
