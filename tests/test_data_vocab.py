@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 from exfm_operator.local.datasets import materialise
@@ -18,7 +19,7 @@ from exfm_trainer.data.cli import main_import
 from exfm_trainer.data.hashing import encode_column
 from exfm_trainer.data.importers import import_criteo, import_table
 from exfm_trainer.data.vocab import VocabularyCounter
-from exfm_trainer.data.windows import iter_record_batches, list_ready_windows, read_dataset_info
+from exfm_trainer.data.windows import DataError, iter_record_batches, list_ready_windows, read_dataset_info
 from exfm_trainer.schema import OOV_ROW, FeatureSchema, SparseFeature
 
 DECLARED = FeatureSchema(
@@ -124,6 +125,21 @@ def test_a_later_import_into_the_same_root_keeps_its_vocabularies(tmp_path: Path
     device = next(f for f in first.sparse if f.name == "device")
     ids, _ = encode_column(next(iter_record_batches(ref.uri, 5, ["device"]))["device"], device)
     assert set(ids.tolist()) == {OOV_ROW}  # the new value lands on the out-of-vocabulary row
+
+
+def test_parquet_int_and_bool_columns_and_a_float_column(tmp_path: Path) -> None:
+    table = _table(rows=500).set_column(4, "device", pa.array(np.arange(500) % 2 == 0))
+    pq.write_table(table, tmp_path / "c.parquet")  # pos stays int64, device is bool
+    schema = _import(tmp_path / "c.parquet", tmp_path / "ds", vocabulary_threshold=100)
+    feats = {f.name: f for f in schema.sparse}
+    assert sorted(feats["pos"].vocabulary or []) == ["0", "1", "2", "3", "4", "5"]
+    assert sorted(feats["device"].vocabulary or []) == ["0", "1"]
+    ids, _ = encode_column(next(iter_record_batches(str(tmp_path / "ds"), 0, ["pos"]))["pos"], feats["pos"])
+    assert OOV_ROW not in ids.tolist()  # ints map through their text form
+    pq.write_table(table.set_column(3, "pos", pa.array(np.linspace(0, 1, 500))), tmp_path / "f.parquet")
+    with pytest.raises(DataError, match="sparse column 'pos': cannot hash values of type double"):
+        _import(tmp_path / "f.parquet", tmp_path / "ds2")
+    assert list_ready_windows(tmp_path / "ds2") == []  # nothing visible
 
 
 def test_threshold_zero_keeps_hashing_and_nulls_are_not_vocabulary(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exfm_trainer.data.hashing import text_values
+from exfm_trainer.data.hashing import HashingError, text_values
+from exfm_trainer.data.windows import DataError
 from exfm_trainer.schema import FeatureSchema, SparseFeature
 
 DEFAULT_VOCABULARY_THRESHOLD = 1000
@@ -41,7 +42,10 @@ class VocabularyCounter:
             col = table[name]
             if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
                 col = pc.list_flatten(col)
-            freq = pc.value_counts(text_values(col))
+            try:
+                freq = pc.value_counts(text_values(col))
+            except HashingError as err:
+                raise DataError(f"sparse column {name!r}: {err}") from None
             if len(freq) > self.threshold + 2:  # + null and "": already too many distinct values
                 self.counts[name] = None
                 continue
