@@ -10,7 +10,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from exfm_trainer.schema import FeatureSchema
 
@@ -153,11 +162,13 @@ class VMTrainJob(_JobBase):
     export: bool = Field(default=True, description="Write a serving export after training.")
     optim: Optim = Field(default_factory=Optim)
 
-    @model_validator(mode="after")
-    def _known_features(self) -> VMTrainJob:
-        if self.features is not None:
-            self.dataset.feature_schema.select(self.features)  # raises naming the bad columns
-        return self
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        dataset = info.data.get("dataset")
+        if names is not None and dataset is not None:
+            dataset.feature_schema.select(names)  # raises naming the bad columns and the valid ones
+        return names
 
     def model_dataset(self) -> DatasetRef:
         """The dataset as the VM reads it: its schema restricted to ``features`` (when set)."""
