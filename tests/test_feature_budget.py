@@ -150,6 +150,10 @@ def test_vm_trains_reads_and_exports_only_its_features(tmp_path: Path) -> None:
     torch.testing.assert_close(
         predictor(batch), torch.sigmoid(model(batch.dense, batch.sparse).serving.detach())
     )
+    with pytest.raises(
+        ValueError, match=r"dense input has 2 columns but the serving schema takes 1: \['d0'\]"
+    ):
+        predictor.predict(batch.dense.repeat(1, 2), batch.sparse)  # only the budget's inputs are served
 
 
 def test_das_is_unchanged_the_fm_uses_every_feature(tmp_path: Path) -> None:
