@@ -304,6 +304,8 @@ class DASRunner:
                 "fm_windows": list(choice.windows),
                 "skipped_by_reason": {k: v for k, v in stats.skipped_by_reason.items() if v},
                 "bad_row_policy": BAD_ROW_POLICY,
+                "schema": job.dataset.feature_schema.model_dump(mode="json"),
+                "schema_fingerprint": job.dataset.feature_schema.fingerprint(),
                 "job": {"namespace": job.namespace, "name": job.name},
             }
             commit_artifact(self.storage, prefix, parts, meta)

@@ -10,7 +10,16 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from exfm_trainer.schema import FeatureSchema
 
@@ -145,8 +154,28 @@ class VMTrainJob(_JobBase):
     vertical: str | None = Field(default=None, description="Keep rows of this vertical only.")
     preset: ModelPreset = "tiny"
     distillation: Distillation = Field(default_factory=Distillation)
+    features: list[str] | None = Field(
+        default=None,
+        description="Serving budget: the dataset's feature columns (dense and sparse) the VM may use; "
+        "None: all of them.",
+    )
     export: bool = Field(default=True, description="Write a serving export after training.")
     optim: Optim = Field(default_factory=Optim)
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        dataset = info.data.get("dataset")
+        if names is not None and dataset is not None:
+            dataset.feature_schema.select(names)  # raises naming the bad columns and the valid ones
+        return names
+
+    def model_dataset(self) -> DatasetRef:
+        """The dataset as the VM reads it: its schema restricted to ``features`` (when set)."""
+        if self.features is None:
+            return self.dataset
+        schema = self.dataset.feature_schema.select(self.features)
+        return self.dataset.model_copy(update={"feature_schema": schema})
 
 
 JobConfig = Annotated[FMTrainJob | DASJob | VMTrainJob, Field(discriminator="job")]

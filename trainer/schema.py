@@ -135,3 +135,32 @@ class FeatureSchema(BaseModel):
             for f in self.sparse
         ]
         return self.model_copy(update={"sparse": sparse})
+
+    def feature_names(self) -> list[str]:
+        """Model input columns: dense then sparse (no label, vertical or timestamp)."""
+        return [*self.dense, *self.sparse_names]
+
+    def select(self, names: list[str]) -> FeatureSchema:
+        """The schema restricted to the features ``names`` (label, vertical, timestamp kept).
+
+        Order follows this schema, not ``names``. Raises ValueError naming any unknown or repeated
+        column and listing the valid ones; an empty list is an error too.
+        """
+        if not names:
+            raise ValueError(
+                f"features is empty: name at least one of the dataset's features {self.feature_names()}"
+            )
+        valid = self.feature_names()
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            raise ValueError(f"features {unknown} are not feature columns of the dataset; valid: {valid}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"features lists {dupes} more than once; list each column once")
+        keep = set(names)
+        return self.model_copy(
+            update={
+                "dense": [c for c in self.dense if c in keep],
+                "sparse": [f for f in self.sparse if f.name in keep],
+            }
+        )

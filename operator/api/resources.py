@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from exfm_operator.api.base import API_VERSION, ApiModel, ObjectMeta, cel, sub
 from exfm_operator.api.common import (
@@ -201,6 +201,13 @@ class VerticalModelSpec(ApiModel):
     vertical: str | None = Field(default=None, max_length=253, description="Keep rows of this vertical only.")
     preset: Preset = Field(default="tiny", description="Model size preset.")
     distillation: Distillation = sub(Distillation, "How the student learns from the FM.")
+    features: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Serving budget: the DAS dataset's feature columns (dense and sparse) this student "
+        "may use; default: all of them (the FM always uses all).",
+    )
     storage: StorageSpec | None = Field(
         default=None, description="Artifact root; default: the DAS's storage."
     )
@@ -220,6 +227,15 @@ class VerticalModelSpec(ApiModel):
     def _gpu_device(self) -> VerticalModelSpec:
         check_gpu_device(self.resources, self.training)
         return self
+
+    @field_validator("features")
+    @classmethod
+    def _distinct_features(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"lists {dupes} more than once; list each column once")
+        return names
 
 
 class VMLineage(ApiModel):

@@ -4,6 +4,10 @@ Sources, in order: ``Dataset`` documents (an import, synthetic parameters, or an
 every ``spec.dataset.synthetic`` of a FoundationModel/DataAugmentation not covered by one. The
 work runs in a subprocess (``python -m exfm_trainer synth|import``) so this process never imports
 the training stack. Both are idempotent: a re-run keeps windows that are already complete.
+
+An import infers vocabularies for low-cardinality columns and stores the resulting schema in the
+dataset's ``dataset.json``; every resource reading that URI adopts those vocabularies (see
+:func:`adopt_stored_schema`), so the FM, the DAS and the VMs map ids as the dataset does.
 """
 
 from __future__ import annotations
@@ -77,7 +81,12 @@ def _doc_task(doc: DatasetDoc, schemas: dict[str, FeatureSchema]) -> DatasetTask
                 f"{spec.uri} with a schema; set spec.schema (with a `timestamp` column)"
             )
         imp = spec.import_
-        options = {"window_seconds": imp.window_seconds, "origin": imp.origin, "format": imp.format}
+        options = {
+            "window_seconds": imp.window_seconds,
+            "origin": imp.origin,
+            "format": imp.format,
+            "vocabulary_threshold": imp.vocabulary_threshold,
+        }
         return DatasetTask(
             label=label,
             uri=spec.uri,
@@ -139,10 +148,26 @@ def _import(task: DatasetTask, reporter: Reporter) -> None:
         argv += ["--schema", str(schema_file), "--window-seconds", str(opts["window_seconds"]), "--overwrite"]
         if opts.get("origin") is not None:
             argv += ["--origin", str(opts["origin"])]
+        argv += ["--vocabulary-threshold", str(opts["vocabulary_threshold"])]
         if opts.get("format"):
             argv += ["--format", str(opts["format"])]
         _run(argv, task.label)
     storage.put_bytes(IMPORT_MARKER, json.dumps(marker, indent=1, sort_keys=True).encode())
+
+
+def adopt_stored_schema(bundle: Bundle, uri: str) -> None:
+    """Give every resource reading ``uri`` the vocabularies its stored schema (``dataset.json``) declares."""
+    from exfm_trainer.data.vocab import adopt_vocabularies
+    from exfm_trainer.data.windows import read_dataset_info
+
+    info = read_dataset_info(open_storage(uri)) or {}
+    if "schema" not in info:
+        return
+    stored = FeatureSchema.model_validate(info["schema"])
+    for res in bundle.resources:
+        ds = getattr(res.spec, "dataset", None)
+        if ds is not None and ds.feature_schema is not None and ds.uri.rstrip("/") == uri.rstrip("/"):
+            ds.feature_schema = adopt_vocabularies(ds.feature_schema, stored)
 
 
 def materialise(bundle: Bundle, reporter: Reporter) -> dict[str, list[int]]:
@@ -153,6 +178,7 @@ def materialise(bundle: Bundle, reporter: Reporter) -> dict[str, list[int]]:
             _synthesize(task, reporter)
         elif task.source == "import":
             _import(task, reporter)
+            adopt_stored_schema(bundle, task.uri)
         windows = _ready_windows(task.uri)
         if not windows:
             raise DatasetError(

@@ -46,6 +46,12 @@ class ImportSpec(ApiModel):
     format: Literal["csv", "tsv", "parquet"] | None = Field(default=None, description="Default: by suffix.")
     window_seconds: int = Field(default=86_400, ge=1, description="Window length in seconds.")
     origin: int | None = Field(default=None, description="Start of window 0 (epoch s); default: earliest.")
+    vocabulary_threshold: int = Field(
+        default=1000,
+        ge=0,
+        description="Hashed categorical columns with at most this many distinct values get a vocabulary "
+        "(no id collisions); 0: keep hashing.",
+    )
 
 
 class DatasetDocSpec(ApiModel):
@@ -123,6 +129,7 @@ def check_references(bundle: Bundle) -> list[str]:
                     f'{kind} "{ns}/{res.metadata.name}": spec.{field_name}.name: {upstream} "{ref}" is not '
                     f'defined in namespace "{ns}" by these manifests; add it or fix the name'
                 )
+    problems.extend(feature_budget_problems(bundle))
     for ds in bundle.datasets:
         if ds.spec.import_ is not None:
             src = Path(ds.source_dir) / ds.spec.import_.path
@@ -181,6 +188,27 @@ def load_bundle(paths: list[str | Path]) -> Bundle:
         raise ManifestError(problems)
     bundle.resources.sort(key=lambda r: (ORDER[r.kind], r.metadata.namespace, r.metadata.name))
     return bundle
+
+
+def feature_budget_problems(bundle: Bundle) -> list[str]:
+    """One problem per VerticalModel whose ``spec.features`` names a column its DAS's dataset lacks."""
+    problems = []
+    for vm in bundle.of_kind("VerticalModel"):
+        if vm.spec.features is None:
+            continue
+        ns = vm.metadata.namespace
+        das = bundle.find("DataAugmentation", ns, vm.spec.das_ref.name)
+        fm = das and bundle.find("FoundationModel", ns, das.spec.fm_ref.name)
+        if das is None or fm is None:
+            continue  # reported as a missing reference
+        schema = (das.spec.dataset or fm.spec.dataset).resolved_schema()
+        if schema is None:
+            continue
+        try:
+            schema.select(vm.spec.features)
+        except ValueError as err:
+            problems.append(f'VerticalModel "{ns}/{vm.metadata.name}": spec.features: {err}')
+    return problems
 
 
 # ------------------------------------------------------------------------------------- local URIs

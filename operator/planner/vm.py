@@ -95,6 +95,13 @@ def plan_vertical_model(
                 f"the dataset schema of DataAugmentation {das.metadata.name!r} has no vertical column "
                 "(schema.vertical); remove spec.vertical or declare the column",
             )
+        if spec.features is not None:
+            try:
+                output.feature_schema.select(spec.features)
+            except ValueError as err:
+                raise SpecProblem(
+                    "spec.features", f"{err} (the schema of DataAugmentation {das.metadata.name!r})"
+                ) from None
         d = spec.distillation
 
         def build(windows: tuple[int, int]) -> dict:
@@ -105,6 +112,7 @@ def plan_vertical_model(
                 vertical=spec.vertical,
                 preset=spec.preset,
                 distillation=Distillation.model_validate(d.model_dump()),
+                features=spec.features,
                 export=spec.export,
             )
             return job.model_dump(mode="json", by_alias=True)

@@ -13,9 +13,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from exfm_trainer.data.vocab import DEFAULT_VOCABULARY_THRESHOLD
 from exfm_trainer.data.windows import DataError
 from exfm_trainer.jobs import DatasetRef
 from exfm_trainer.schema import FeatureSchema
+
+VOCAB_HELP = (
+    "Hashed categorical columns with at most this many distinct values get a vocabulary "
+    "(one row per value, no collisions); 0: keep hashing every column."
+)
 
 
 def _print_ref(ref: DatasetRef, extra: dict | None = None) -> None:
@@ -102,6 +108,7 @@ def import_parser() -> argparse.ArgumentParser:
     c.add_argument("--hash-buckets", type=int, default=100_000)
     c.add_argument("--embedding-dim", type=int, default=16)
     c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--vocabulary-threshold", type=int, default=DEFAULT_VOCABULARY_THRESHOLD, help=VOCAB_HELP)
     t = sub.add_parser("table", help="CSV/TSV/Parquet with a schema: windows by event time.")
     t.add_argument("--input", required=True)
     t.add_argument("--out", required=True)
@@ -111,6 +118,7 @@ def import_parser() -> argparse.ArgumentParser:
     t.add_argument("--format", choices=["csv", "tsv", "parquet"], default=None)
     t.add_argument("--multi-value-sep", default="|")
     t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--vocabulary-threshold", type=int, default=DEFAULT_VOCABULARY_THRESHOLD, help=VOCAB_HELP)
     return p
 
 
@@ -129,6 +137,7 @@ def main_import(argv: Sequence[str] | None = None) -> int:
                 hash_buckets=args.hash_buckets,
                 embedding_dim=args.embedding_dim,
                 overwrite=args.overwrite,
+                vocabulary_threshold=args.vocabulary_threshold,
             )
         else:
             try:
@@ -144,6 +153,7 @@ def main_import(argv: Sequence[str] | None = None) -> int:
                 fmt=args.format,
                 multi_value_sep=args.multi_value_sep,
                 overwrite=args.overwrite,
+                vocabulary_threshold=args.vocabulary_threshold,
             )
     except (DataError, ValueError) as err:
         print(f"exfm import: {err}", file=sys.stderr)

@@ -94,6 +94,11 @@ def _as_text(arr: pa.Array) -> pa.Array:
     )
 
 
+def text_values(values: pa.Array | pa.ChunkedArray | np.ndarray | Sequence) -> pa.Array:
+    """Flat categorical values in their text form (the form vocabularies and the hash use)."""
+    return _as_text(_to_arrow(values)).cast(pa.large_string())
+
+
 def hash64(values: pa.Array | pa.ChunkedArray | np.ndarray | Sequence, salt: str) -> np.ndarray:
     """64-bit hashes (uint64) of flat categorical values, salted by a feature name."""
     arr = _to_arrow(values)

@@ -5,6 +5,11 @@
 * :func:`import_table`: CSV or Parquet with a declared :class:`FeatureSchema` and a timestamp
   column, cut into windows of ``window_seconds`` by event time.
 
+Both infer vocabularies (:mod:`exfm_trainer.data.vocab`): a hashed categorical column with at most
+``vocabulary_threshold`` distinct values over the imported data gets a declared vocabulary (no id
+collisions); the resulting schema and its fingerprint are stored in ``dataset.json`` and returned
+in the :class:`DatasetRef`, so training, the DAS and serving map ids identically.
+
 Each window becomes visible (``_SUCCESS``) only when it is complete. No torch import here.
 """
 
@@ -23,11 +28,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from exfm_trainer.data.vocab import DEFAULT_VOCABULARY_THRESHOLD, VocabularyCounter, adopt_vocabularies
 from exfm_trainer.data.windows import (
     DEFAULT_ROWS_PER_FILE,
     DataError,
     WindowWriter,
     as_storage,
+    is_window_ready,
+    read_dataset_info,
     write_dataset_info,
 )
 from exfm_trainer.jobs import DatasetRef
@@ -67,6 +75,18 @@ def _ref(out: str | os.PathLike[str] | Storage, schema: FeatureSchema) -> Datase
     return DatasetRef(uri=out.root_uri if isinstance(out, Storage) else os.fspath(out), schema=schema)
 
 
+def _schema_info(declared: FeatureSchema, counter: VocabularyCounter) -> tuple[FeatureSchema, dict]:
+    """The imported dataset's schema (declared + inferred vocabularies) and its ``dataset.json`` keys."""
+    schema = counter.apply(declared)
+    info = {
+        "schema": schema.model_dump(mode="json"),
+        "schema_fingerprint": schema.fingerprint(),
+        "vocabulary_threshold": counter.threshold,
+        "inferred_vocabularies": sorted(counter.vocabularies()),
+    }
+    return schema, info
+
+
 def _csv_error(err: Exception, path: Path) -> DataError:
     return DataError(f"{path} could not be parsed as CSV/TSV ({err}): fix or drop the offending rows")
 
@@ -84,11 +104,14 @@ class _Windower:
         self.writers[window].write(table)
 
     def close(self, fill_gaps: bool = True) -> dict[int, int]:
-        """Finish every window (empty ones for gaps when ``fill_gaps``); returns rows per window."""
+        """Finish every window (empty ones for gaps when ``fill_gaps``); returns rows per window.
+
+        A gap already holding a ready window (an earlier import into the same root) is left alone.
+        """
         last = max(self.writers, default=-1)
         if fill_gaps:
             for w in range(last + 1):
-                if w not in self.writers:
+                if w not in self.writers and not is_window_ready(self.storage, w):
                     self.writers[w] = WindowWriter(self.storage, w, self.rows_per_file, self.overwrite)
         return {w: self.writers[w].close() for w in sorted(self.writers)}
 
@@ -109,15 +132,19 @@ def import_criteo(
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
     overwrite: bool = False,
     block_bytes: int = BLOCK_BYTES,
+    vocabulary_threshold: int = DEFAULT_VOCABULARY_THRESHOLD,
 ) -> tuple[DatasetRef, dict[int, int]]:
     """Import a Criteo TSV (optionally .gz/.bz2) into windows of ``rows_per_window`` rows.
 
-    Returns the dataset ref and the rows of each window (the last window may be shorter).
+    Columns ``C1..C26`` with at most ``vocabulary_threshold`` distinct values get a vocabulary; the
+    others hash into ``hash_buckets``. Returns the dataset ref and the rows of each window (the
+    last window may be shorter).
     """
     if rows_per_window < 1:
         raise DataError(f"rows_per_window must be >= 1, got {rows_per_window}")
     storage = as_storage(out)
-    schema = criteo_schema(hash_buckets, embedding_dim)
+    declared = criteo_schema(hash_buckets, embedding_dim)
+    counter = VocabularyCounter(declared, vocabulary_threshold)
     types = {
         "label": pa.float64(),
         **dict.fromkeys(CRITEO_DENSE, pa.float64()),
@@ -138,6 +165,7 @@ def import_criteo(
                     table = pa.Table.from_batches([batch])
                     if max_rows is not None:
                         table = table.slice(0, max(0, max_rows - row))
+                    counter.update(table)
                     offset = 0
                     while offset < table.num_rows:
                         w = (row + offset) // rows_per_window
@@ -155,14 +183,10 @@ def import_criteo(
     except BaseException:
         windower.abort()
         raise
+    schema, schema_info = _schema_info(declared, counter)
     write_dataset_info(
         storage,
-        {
-            "source": os.fspath(src),
-            "importer": "criteo",
-            "rows_per_window": rows_per_window,
-            "schema": schema.model_dump(mode="json"),
-        },
+        {"source": os.fspath(src), "importer": "criteo", "rows_per_window": rows_per_window, **schema_info},
     )
     return _ref(out, schema), rows
 
@@ -246,8 +270,15 @@ def import_table(
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
     overwrite: bool = False,
     block_bytes: int = BLOCK_BYTES,
+    vocabulary_threshold: int = DEFAULT_VOCABULARY_THRESHOLD,
 ) -> tuple[DatasetRef, dict[int, int]]:
     """Import a CSV/TSV/Parquet file into windows of ``window_seconds`` by its timestamp column.
+
+    Hashed sparse columns with at most ``vocabulary_threshold`` distinct values get a vocabulary
+    (0: none); declared vocabulary/identity encodings are kept. Importing into a root that already
+    holds an imported dataset (a later file, or a re-import) keeps the vocabularies stored there,
+    so ids map to the same rows for the life of the root (new values land on the OOV row). The
+    returned ref's schema is the one stored with the dataset.
 
     Windows are aligned to multiples of ``window_seconds`` since the epoch (UTC midnight for a
     day); window 0 is the bucket of the earliest timestamp unless ``origin`` (epoch seconds)
@@ -270,6 +301,10 @@ def import_table(
     if schema.vertical:
         types[schema.vertical] = pa.string()
     storage = as_storage(out)
+    declared, prior = schema, read_dataset_info(storage) or {}
+    if prior.get("importer") == "table" and "schema" in prior:  # keep this root's vocabularies
+        schema = adopt_vocabularies(schema, FeatureSchema.model_validate(prior["schema"]))
+    counter = VocabularyCounter(schema, vocabulary_threshold)
     windower = _Windower(storage, rows_per_file, overwrite)
     try:
         with local_input(src) as path:
@@ -309,6 +344,7 @@ def import_table(
                         "pass an earlier origin"
                     )
                 table = _normalise(table, schema, ts, multi_value_sep, kind)
+                counter.update(table)
                 wins = (ts - origin) // window_seconds
                 order = np.argsort(wins, kind="stable")
                 sorted_w = wins[order]
@@ -319,6 +355,7 @@ def import_table(
     except BaseException:
         windower.abort()
         raise
+    stored, schema_info = _schema_info(schema, counter)
     write_dataset_info(
         storage,
         {
@@ -326,10 +363,12 @@ def import_table(
             "importer": "table",
             "window_seconds": window_seconds,
             "origin": origin,
-            "schema": schema.model_dump(mode="json"),
+            "declared_schema": declared.model_dump(mode="json"),
+            **schema_info,
+            "vocabularies_kept_from": prior.get("schema_fingerprint") if declared != schema else None,
         },
     )
-    return _ref(out, schema), rows
+    return _ref(out, stored), rows
 
 
 def _normalise(table: pa.Table, schema: FeatureSchema, ts: np.ndarray, sep: str, kind: str) -> pa.Table:

@@ -97,6 +97,13 @@ class ServingPredictor:
         self.manifest = manifest
 
     def predict(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Probabilities; ``dense`` holds the serving schema's dense columns in order, ``sparse`` at
+        least its sparse keys (others are ignored)."""
+        if dense.shape[-1] != len(self.schema.dense):
+            raise ValueError(
+                f"dense input has {dense.shape[-1]} columns but the serving schema takes "
+                f"{len(self.schema.dense)}: {self.schema.dense} in that order"
+            )
         names = self.schema.sparse_names
         if sparse.keys() != names:
             missing = sorted(set(names) - set(sparse.keys()))

@@ -104,7 +104,9 @@ class StreamingTrainer:
         self.out = out if self.ctx.is_main else None
         self.on_window_done = on_window_done
         self.storage: Storage = open_storage(job.storage)
-        self.schema = job.dataset.feature_schema
+        # a VM reads only its serving budget's features (VMTrainJob.features); the FM reads all
+        self.dataset = job.model_dataset() if isinstance(job, VMTrainJob) else job.dataset
+        self.schema = self.dataset.feature_schema
         distill = job.distillation if isinstance(job, VMTrainJob) else None
         self.config = model_config(self.kind, self.schema, job.preset, distill)
         self.with_fm_logit = distill is not None and distill.mode != "none"
@@ -213,7 +215,7 @@ class StreamingTrainer:
         batches = [
             b.to(self.ctx.device) if self.ctx.device.type != "cpu" else b
             for b in iter_batches(
-                self.job.dataset,
+                self.dataset,
                 window,
                 self.job.batch_size,
                 rank=self.ctx.rank,

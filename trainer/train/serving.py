@@ -38,6 +38,8 @@ def export_latest(trainer: StreamingTrainer, out: TextIO | None) -> str | None:
             "name": job.name,
             "version": version,
             "preset": job.preset,
+            "features": model.schema.feature_names(),
+            "schema_fingerprint": model.schema.fingerprint(),
             "windows": manifest.windows,
             "checkpoint": trainer.storage.uri(f"{trainer.ckpt_parent}/{version}"),
         },
