@@ -22,8 +22,6 @@ SubmitJob does not fit is not applied and its status not stored; the next pass p
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import signal
 import threading
 import time
@@ -314,7 +312,7 @@ class LocalRunner:
         """Loop until done, interrupted or out of time; returns the exit code and final statuses."""
         start = time.monotonic()
         deadline = start + self.options.max_minutes * 60 if self.options.max_minutes else None
-        with _workdir_lock(self.workdir), self._signals():
+        with self.workdir.locked(), self._signals():
             code, reason = EXIT_OK, "done"
             errors_seen: set[str] = set()
             while True:
@@ -361,24 +359,3 @@ class LocalRunner:
                 f"stopped at the --max-minutes limit ({self.options.max_minutes}); re-run to resume",
             )
         return EXIT_INTERRUPTED, "interrupted; re-run the same command to resume"
-
-
-@contextlib.contextmanager
-def _workdir_lock(workdir: Workdir) -> Iterator[None]:
-    """One ``exfm run`` per workdir at a time."""
-    workdir.ensure()
-    with open(workdir.root / ".run.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"another `exfm run` is using {workdir.root}; wait for it or pick another --workdir"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
