@@ -244,7 +244,9 @@ def test_bad_rows_kept_with_null_logit(tmp_path: Path) -> None:
     )
     write_window(storage.join("data"), 1, table, overwrite=True)
     write_fm(storage, ref.feature_schema, [0])
-    with pytest.raises(DataError, match=r"3 of 300 rows.*max_bad_row_fraction=0.001"):
+    with pytest.raises(
+        DataError, match=r"3 of 300 rows.*max_bad_row_fraction=0.001.*raise spec.maxBadRowFraction"
+    ):
         run_das(das_job(storage, ref, max_bad_row_fraction=0.001), out=io.StringIO())
     assert das_objects(storage) == []
     (rec,) = run_das(das_job(storage, ref), out=io.StringIO())

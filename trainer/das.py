@@ -46,6 +46,7 @@ from exfm_trainer.data.windows import (
     iter_record_batches,
     list_ready_windows,
     window_parts,
+    window_summary,
 )
 from exfm_trainer.jobs import DASJob, JobConfigError, load_job
 from exfm_trainer.layout import FM_LOGIT_COLUMN, FM_VERSION_COLUMN, FM_WINDOW_COLUMN, DASWindowManifest
@@ -55,6 +56,7 @@ from exfm_trainer.storage.commit import commit_artifact, is_committed, list_comm
 from exfm_trainer.storage.retention import acquire_lease, release_lease
 
 BAD_ROW_POLICY = "kept-with-null-fm_logit"
+DAS_BAD_ROW_FIELD = "spec.maxBadRowFraction"
 LINEAGE_COLUMNS = (FM_LOGIT_COLUMN, FM_VERSION_COLUMN, FM_WINDOW_COLUMN)
 ROWS_PER_FILE_ENV = "EXFM_DAS_ROWS_PER_FILE"
 _ROW_INDEX = "__exfm_das_row__"
@@ -285,7 +287,7 @@ class DASRunner:
             )
             from exfm_trainer.data.batches import check_bad_fraction
 
-            check_bad_fraction(stats, job.max_bad_row_fraction, window)
+            check_bad_fraction(stats, job.max_bad_row_fraction, window, DAS_BAD_ROW_FIELD)
             manifest = DASWindowManifest(
                 window=window,
                 input_uri=self.data.uri(layout.window_dir(window)),
@@ -330,6 +332,7 @@ class DASRunner:
         from exfm_trainer.data.batches import RowStats, to_batch
 
         stats = RowStats()
+        stats.add_upstream(window_summary(self.data, window))  # rows the importer dropped (bad_dense)
         window_uri = self.data.uri(layout.window_dir(window))
         parts: dict[str, Path] = {}
         writer: pq.ParquetWriter | None = None

@@ -184,6 +184,13 @@ class Training(ApiModel):
     )
     seed: int = Field(default=0, ge=0)
     device: Device = Field(default="auto", description="`auto` uses a GPU when the pod has one.")
+    max_bad_row_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Bad rows (NaN/unparsable dense values, labels outside {0,1}...; docs/data.md) are "
+        "skipped and counted; a window with a larger skipped fraction fails the job.",
+    )
 
 
 class ObjectRef(ApiModel):

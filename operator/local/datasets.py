@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exfm_operator.local.manifests import Bundle, DatasetDoc
+from exfm_operator.local.manifests import Bundle, DatasetDoc, vertical_problem, vm_dataset
 from exfm_operator.local.progress import Reporter
 from exfm_trainer.schema import FeatureSchema
 from exfm_trainer.storage import open_storage
@@ -162,3 +162,40 @@ def materialise(bundle: Bundle, reporter: Reporter) -> dict[str, list[int]]:
         reporter.event("dataset_ready", name=task.label, windows=len(windows), uri=task.uri)
         ready[task.uri] = windows
     return ready
+
+
+def dataset_verticals(uri: str) -> tuple[str | None, list[str] | None]:
+    """The vertical column of a materialised dataset and its values, from its ``dataset.json``
+    (an import records the values it saw; a generated dataset declares them in its schema)."""
+    from exfm_trainer.data.windows import read_dataset_info
+
+    try:
+        info = read_dataset_info(uri) or {}
+    except (OSError, ValueError):
+        return None, None
+    schema = info.get("schema")
+    if not isinstance(schema, dict) or not schema.get("vertical"):
+        return None, None
+    values = info.get("verticals")
+    if values is None:
+        try:
+            values = FeatureSchema.model_validate(schema).vertical_values()
+        except ValueError:
+            values = None
+    return str(schema["vertical"]), (sorted(str(v) for v in values) if values is not None else None)
+
+
+def check_dataset_values(bundle: Bundle) -> list[str]:
+    """Each VM whose ``spec.vertical`` is not among the verticals its materialised dataset holds."""
+    problems = []
+    for vm in bundle.of_kind("VerticalModel"):
+        ds = vm_dataset(bundle, vm)
+        if ds is None or vm.spec.vertical is None:
+            continue
+        column, values = dataset_verticals(ds.uri)
+        if column is None:
+            continue
+        problem = vertical_problem(vm, values, column, ds.uri)
+        if problem:
+            problems.append(problem)
+    return problems

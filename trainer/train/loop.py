@@ -235,6 +235,7 @@ class StreamingTrainer:
         (max_batches,) = D.all_reduce_ints([len(batches)], self.ctx, op="max")
         stats = RowStats(rows_read=counts[0], rows_used=counts[1])
         stats.skipped_by_reason = dict(zip(reasons, counts[2:], strict=True))
+        stats.examples = dict(local.examples)
         check_bad_fraction(stats, self.job.max_bad_row_fraction, window)
         used, skipped = stats.rows_used, stats.rows_skipped
         if used == 0:
