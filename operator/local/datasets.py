@@ -19,6 +19,7 @@ from typing import Any
 
 from exfm_operator.local.manifests import Bundle, DatasetDoc, vertical_problem, vm_dataset
 from exfm_operator.local.progress import Reporter
+from exfm_trainer.errors import find_error_event
 from exfm_trainer.schema import FeatureSchema
 from exfm_trainer.storage import open_storage
 from exfm_trainer.storage.commit import sha256_file
@@ -100,6 +101,9 @@ def _run(argv: list[str], label: str) -> None:
         [sys.executable, "-m", "exfm_trainer", *argv], capture_output=True, text=True, env=os.environ.copy()
     )
     if proc.returncode != 0:
+        event = find_error_event(proc.stdout.splitlines())
+        if event is not None:
+            raise DatasetError(f"{label}: {argv[0]} failed: {event['message']}")
         err = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()
         raise DatasetError(f"{label}: {' '.join(argv[:1])} failed: {' | '.join(err[-5:])}")
 
