@@ -8,11 +8,14 @@ the training stack. Both are idempotent: a re-run keeps windows that are already
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from exfm_trainer.storage import open_storage
 from exfm_trainer.storage.commit import sha256_file
 
 IMPORT_MARKER = "_IMPORTED.json"
+IMPORT_LOCK = ".import.lock"
 
 
 class DatasetError(RuntimeError):
@@ -118,7 +122,34 @@ def _synthesize(task: DatasetTask, reporter: Reporter) -> None:
         _run(["synth", "--out", task.uri, "--config", str(cfg)], task.label)
 
 
+@contextlib.contextmanager
+def import_lock(uri: str) -> Iterator[None]:
+    """Serialise imports into one dataset root (a blocking ``flock`` on ``<root>/.import.lock``), so
+    the marker check and the import are one step: a second import of another source into the same
+    root waits, then finds the first one's marker and is refused. S3 roots have no lock primitive
+    in the storage API: there, give each dataset its own ``spec.uri``."""
+    storage = open_storage(uri)
+    local_path = getattr(storage, "local_path", None)
+    if not callable(local_path):
+        yield
+        return
+    root = Path(local_path(""))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / IMPORT_LOCK, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _import(task: DatasetTask, reporter: Reporter) -> None:
+    assert task.import_path is not None
+    with import_lock(task.uri):
+        _import_locked(task, reporter)
+
+
+def _import_locked(task: DatasetTask, reporter: Reporter) -> None:
     assert task.import_path is not None and task.schema is not None and task.import_options is not None
     storage = open_storage(task.uri)
     marker = {
