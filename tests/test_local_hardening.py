@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from exfm_operator.cli import app
@@ -196,3 +197,26 @@ def test_an_unwritable_store_is_one_line(tmp_path: Path) -> None:
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert len(lines) == 1, lines
     assert "store" in lines[0] and "Not a directory" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_unexpected_errors_are_one_line_unless_debug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exfm_operator.cli import main
+
+    manifest = tmp_path / "fm.yaml"
+    manifest.write_text(FM)
+    (tmp_path / "file").write_text("x")
+    argv = ["exfm", "run", "-f", str(manifest), "--workdir", str(tmp_path / "file" / "wd"), "-q"]
+    monkeypatch.setattr("sys.argv", argv)
+    monkeypatch.setenv("EXFM_DEBUG", "0")  # restored after the test (--debug sets it)
+    with pytest.raises(SystemExit) as ex:
+        main()
+    assert ex.value.code == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"error: {tmp_path / 'file' / 'wd'}: Not a directory (run `exfm --debug ...` for the traceback)"
+    ]
+    monkeypatch.setattr("sys.argv", [argv[0], "--debug", *argv[1:]])
+    with pytest.raises(NotADirectoryError):
+        main()
