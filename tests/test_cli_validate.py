@@ -292,3 +292,22 @@ def test_metadata_obeys_kubernetes_limits(tmp_path: Path, meta: str, needle: str
     assert result.exit_code == 2, result.output
     (problem,) = _problems(result.stderr)
     assert needle in problem and "metadata." in problem
+
+
+def test_did_you_mean_reaches_generator_params_and_job_configs(tmp_path: Path) -> None:
+    from exfm_trainer.jobs import JobConfigError, parse_job
+
+    text = GOOD.replace("rows_per_window: 100", "rows_per_windw: 100")
+    result = CliRunner().invoke(app, ["validate", "-f", str(_write(tmp_path, text))])
+    (problem,) = _problems(result.stderr)
+    assert "rows_per_windw" in problem and "did you mean 'rows_per_window'?" in problem
+    job = {
+        "job": "fm-train",
+        "storage": "/x",
+        "name": "a",
+        "dataset": {"uri": "/d", "schema": {"dense": ["x"]}},
+    }
+    with pytest.raises(JobConfigError) as err:
+        parse_job({**job, "optim": {"embeding_lr": 1.0}, "batchsize": 3})
+    assert "optim.embeding_lr: Extra inputs are not permitted; did you mean 'embedding_lr'?" in str(err.value)
+    assert "batchsize: Extra inputs are not permitted; did you mean 'batch_size'?" in str(err.value)

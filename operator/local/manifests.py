@@ -214,7 +214,7 @@ def synthetic_problems(params: dict[str, Any], label: str) -> list[str]:
     try:
         SyntheticConfig.model_validate(params)
     except ValidationError as err:
-        return validation_problems(err, label)
+        return validation_problems(err, label, SyntheticConfig)
     return []
 
 
