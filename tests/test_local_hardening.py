@@ -220,3 +220,30 @@ def test_unexpected_errors_are_one_line_unless_debug(
     monkeypatch.setattr("sys.argv", [argv[0], "--debug", *argv[1:]])
     with pytest.raises(NotADirectoryError):
         main()
+
+
+def test_a_known_complete_import_runs_its_last_short_chunk(tmp_path: Path) -> None:
+    """Issue 11, item 7: an open range over an imported (complete) stream is planned up to its last
+    window, so a chunk shorter than cadence.windowsPerJob runs instead of waiting forever."""
+    from datetime import UTC, datetime
+
+    from exfm_operator.local.datasets import materialise
+    from exfm_operator.local.manifests import load_bundle, localize
+    from exfm_operator.local.runner import LocalRunner
+    from exfm_operator.planner import SubmitJob
+
+    _csv(tmp_path / "clicks.csv", rows=200)  # 60 s apart: 200 minutes = 4 one-hour windows
+    text = CSV_PIPELINE.replace("  preset: tiny\n", "  preset: tiny\n  cadence: {windowsPerJob: 8}\n", 1)
+    (tmp_path / "p.yaml").write_text(text.replace("vertical: nws", "vertical: news"))
+    bundle = localize(load_bundle([tmp_path / "p.yaml"]), str(tmp_path / "store"))
+    reporter = make_reporter(True, False)
+    ready = materialise(bundle, reporter)
+    (windows,) = ready.values()
+    assert windows == [0, 1, 2, 3]
+    runner = LocalRunner(bundle, Workdir(tmp_path / "wd").ensure(), reporter)
+    fm = bundle.of_kind("FoundationModel")[0]
+    assert fm.spec.windows.end is None
+    world = World(now=datetime.now(tz=UTC), data_windows=tuple(windows))
+    submits = runner.plan(fm, world).of_type(SubmitJob)
+    assert [s.windows for s in submits] == [(0, 4)]  # not "waiting for window 4 (4/8 ready)"
+    assert submits[0].config["windows"] == {"start": 0, "end": 4}
