@@ -1,7 +1,9 @@
 """``exfm``: run the ExFM pipeline locally (``run``, ``status``, ``report``) or in a cluster (``operator``).
 
-Exit codes: 0 ok, 1 a resource failed / runtime error, 2 invalid manifests or usage, 124 stopped
-at ``--max-minutes``, 130 interrupted (Ctrl-C; re-run to resume).
+Exit codes (docs/local.md): 0 ok, 1 a resource failed / runtime error, 2 invalid manifests or usage,
+3 nothing could run (ready windows wait on something that will not come), 4 the workdir is in use
+by another ``exfm run``, 124 stopped at ``--max-minutes``, 130 interrupted (Ctrl-C; re-run to resume).
+An unexpected error prints one line; ``exfm --debug ...`` (or ``EXFM_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+EXIT_FAILED = 1
 EXIT_INVALID = 2
+EXIT_BUSY = 4
+DEBUG_ENV = "EXFM_DEBUG"
 DEFAULT_WORKDIR = Path(".exfm")
 
 FilesOpt = Annotated[
@@ -96,15 +101,41 @@ def run(
     Same manifests and planner as the operator; jobs are TorchX local_cwd processes. Ctrl-C cancels
     the running jobs; re-running the same command resumes without redoing committed windows.
     """
-    from exfm_operator.local.datasets import DatasetError, materialise
+    from exfm_operator.local.workdir import Workdir, WorkdirBusy
+
+    bundle = _load(files, json_out)
+    wd = Workdir(workdir)
+    try:
+        with wd.locked():
+            result = _run_locked(
+                files, bundle, wd, storage, s3_endpoint, quiet, json_out, poll, max_minutes, max_parallel
+            )
+    except WorkdirBusy as err:
+        _err(f"error: {err}")
+        raise typer.Exit(EXIT_BUSY) from None
+    raise typer.Exit(result.exit_code)
+
+
+def _run_locked(
+    files: list[Path],
+    bundle: Any,
+    wd: Any,
+    storage: str | None,
+    s3_endpoint: str | None,
+    quiet: bool,
+    json_out: bool,
+    poll: float,
+    max_minutes: float | None,
+    max_parallel: int | None,
+) -> Any:
+    """The body of ``exfm run``, with the workdir lock held (nothing is written before it)."""
+    from exfm_operator.local.datasets import DatasetError, check_dataset_values, materialise
     from exfm_operator.local.manifests import localize
     from exfm_operator.local.progress import make_reporter
     from exfm_operator.local.runner import LocalRunner, RunOptions
     from exfm_operator.local.summary import print_run_summary
-    from exfm_operator.local.workdir import Workdir
 
-    bundle = _load(files, json_out)
-    wd = Workdir(workdir).ensure()
+    wd.ensure()
     if s3_endpoint:
         os.environ["EXFM_S3_ENDPOINT"] = s3_endpoint
     root = storage if storage else (None if s3_endpoint else str(wd.storage_dir))
@@ -128,9 +159,14 @@ def run(
     with reporter:
         try:
             materialise(local, reporter)
+            problems = check_dataset_values(local)
         except DatasetError as err:
             reporter.error(f"error: {err}")
             raise typer.Exit(1) from None
+        if problems:
+            for problem in problems:
+                reporter.error(f"error: {problem}")
+            raise typer.Exit(EXIT_INVALID)
         runner = LocalRunner(
             local,
             wd,
@@ -143,7 +179,7 @@ def run(
             reporter.error(f"error: {err}")
             raise typer.Exit(1) from None
         print_run_summary(reporter, wd, local, result)
-    raise typer.Exit(result.exit_code)
+    return result
 
 
 @app.command()
@@ -278,9 +314,34 @@ def version() -> None:
     print(f"exfm {__version__}")
 
 
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.", envvar=DEBUG_ENV)
+    ] = False,
+) -> None:
+    """ExFM: external distillation from a foundation model to vertical models."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: an unexpected error is one line (``--debug``: the traceback)."""
+    try:
+        app()
+    except Exception as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in sys.argv[1:]:
+            raise
+        _err(f"error: {one_line(err)} (run `exfm --debug ...` for the traceback)")
+        sys.exit(EXIT_FAILED)
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as one line: an OS error names its file and the cause, others their type and message."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or type(err).__name__}"
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, RuntimeError | ValueError) else f"{type(err).__name__}: {text}"
 
 
 if __name__ == "__main__":

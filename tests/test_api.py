@@ -92,7 +92,8 @@ def test_unknown_kind_and_bad_api_version_and_non_mapping():
 def test_unknown_spec_field_rejected():
     msgs = problems([fm_doc(windowsPerJob=4)])
     assert msgs == [
-        'FoundationModel "ads/fm-main" (m.yaml#0): spec.windowsPerJob: Extra inputs are not permitted'
+        'FoundationModel "ads/fm-main" (m.yaml#0): spec.windowsPerJob: Extra inputs are not permitted; '
+        "did you mean 'cadence.windowsPerJob'?"
     ]
 
 

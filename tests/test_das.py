@@ -244,7 +244,9 @@ def test_bad_rows_kept_with_null_logit(tmp_path: Path) -> None:
     )
     write_window(storage.join("data"), 1, table, overwrite=True)
     write_fm(storage, ref.feature_schema, [0])
-    with pytest.raises(DataError, match=r"3 of 300 rows.*max_bad_row_fraction=0.001"):
+    with pytest.raises(
+        DataError, match=r"3 of 300 rows.*max_bad_row_fraction=0.001.*raise spec.maxBadRowFraction"
+    ):
         run_das(das_job(storage, ref, max_bad_row_fraction=0.001), out=io.StringIO())
     assert das_objects(storage) == []
     (rec,) = run_das(das_job(storage, ref), out=io.StringIO())
@@ -353,3 +355,28 @@ def test_killed_job_is_redone_on_restart(s3_server, tmp_path: Path, monkeypatch)
     verify_artifact(store, target)
     assert read_das_window(open_storage(store.root_uri), 2).num_rows == ROWS
     assert len([k for k in store.list(target + "/") if k.endswith(".parquet")]) == ROWS // 3
+
+
+def test_an_all_empty_input_fails_instead_of_committing_empty_windows(tmp_path: Path) -> None:
+    """Issue 11, item 1: a DAS job whose input has no row at all (and never had) fails clearly."""
+    from exfm_trainer.storage import open_storage
+
+    storage = open_storage(tmp_path / "s")
+    ref = make_data(storage, windows=2)
+    empty = read_das_input(storage, 0).slice(0, 0)
+    for w in (2, 3):
+        write_window(storage.join("data"), w, empty)
+    write_fm(storage, ref.feature_schema, [0])
+    write_fm(storage, ref.feature_schema, [0, 1])
+    with pytest.raises(
+        DASError, match=r"no rows in windows \[2, 4\) of .*every input window of the job is empty"
+    ):
+        run_das(das_job(storage, ref, windows={"start": 2, "end": 4}), out=io.StringIO())
+    assert list_committed(storage, layout.das_output("default", "aug")) == []
+    run_das(das_job(storage, ref, windows={"start": 1, "end": 2}), out=io.StringIO())  # a window with rows
+    records = run_das(das_job(storage, ref, windows={"start": 2, "end": 4}), out=io.StringIO())
+    assert [r["rows"] for r in records] == [0, 0]  # a gap after real data is fine
+
+
+def read_das_input(storage: Storage, window: int) -> pa.Table:
+    return pa.Table.from_batches(list(iter_record_batches(storage.join("data"), window)))

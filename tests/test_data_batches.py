@@ -122,7 +122,13 @@ def test_bad_rows_are_skipped_and_counted(tmp_path: Path) -> None:
     stats = RowStats()
     batches = list(iter_batches(_ref(tmp_path), 0, 1000, stats=stats))
     assert stats.rows_read == 100 and stats.rows_used == 95 and stats.rows_skipped == 5
-    assert stats.skipped_by_reason == {"null_label": 1, "bad_label": 2, "nan_dense": 2, "bad_fm_logit": 0}
+    assert stats.skipped_by_reason == {
+        "null_label": 1,
+        "bad_label": 2,
+        "nan_dense": 2,
+        "bad_dense": 0,
+        "bad_fm_logit": 0,
+    }
     (batch,) = batches
     assert len(batch) == 95 and torch.isfinite(batch.dense).all()
     assert batch.dense[0, 0].item() == 0.0  # row 5 is the first kept row; its missing d0 is 0

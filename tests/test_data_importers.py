@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from exfm_trainer.data.batches import RowStats, iter_batches
+from exfm_trainer.data.batches import RowStats, check_bad_fraction, iter_batches
 from exfm_trainer.data.cli import main_import, main_synth
 from exfm_trainer.data.importers import import_criteo, import_table
 from exfm_trainer.data.windows import DataError, iter_record_batches, list_ready_windows
@@ -192,3 +192,47 @@ def test_cli_synth_and_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     crit = ["criteo", "--input", str(src), "--out", str(tmp_path / "crit"), "--rows-per-window", "4"]
     assert main_import(crit) == 0
     assert list_ready_windows(tmp_path / "crit") == [0, 1, 2]
+
+
+def test_nan_spellings_and_unparsable_dense_values_are_counted_bad_rows(tmp_path: Path) -> None:
+    """Issue 11, items 4/5: NaN spellings count as nan_dense, text as bad_dense, both under the limit."""
+    prices = ["1.5", "nan", "n/a", "NA", "null", "unkonwn", "2e3", " 4 ", "", "-inf"]
+    rows = [(T0 + i, f"u{i}", "a", p, i % 2, "feed", "x") for i, p in enumerate(prices)]
+    _csv(tmp_path / "events.csv", rows)
+    ref, counts = import_table(tmp_path / "events.csv", tmp_path / "ds", SCHEMA, window_seconds=DAY)
+    assert counts == {0: 9}  # the unparsable row is dropped at import ...
+    success = json.loads((tmp_path / "ds" / "window=00000" / "_SUCCESS").read_text())
+    assert success["import_skipped"] == {"bad_dense": 1}  # ... and counted, with its line and column
+    assert success["import_examples"]["bad_dense"] == "line 7, column 'price': 'unkonwn'"
+    assert success["import_examples"]["nan_dense"] == "line 3, column 'price': 'nan'"
+    info = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert info["verticals"] == ["feed"] and info["last_window"] == 0
+    stats = RowStats()
+    batches = list(iter_batches(ref, 0, 64, stats=stats))
+    assert stats.rows_read == 10 and stats.rows_used == 4  # 1.5, 2e3, 4 and the empty (missing) one
+    assert stats.skipped_by_reason["nan_dense"] == 5  # nan, n/a, NA, null and -inf
+    assert stats.skipped_by_reason["bad_dense"] == 1
+    assert sum(len(b) for b in batches) == 4
+    with pytest.raises(DataError) as err:
+        check_bad_fraction(stats, 0.01, 0)
+    msg = str(err.value)
+    assert "6 of 10 rows" in msg and "line 7, column 'price': 'unkonwn'" in msg
+    assert "raise spec.training.maxBadRowFraction" in msg
+    check_bad_fraction(stats, 0.6, 0)  # within a raised limit: the window trains on the good rows
+
+
+def test_criteo_unparsable_dense_value_is_a_counted_row_not_a_failed_import(tmp_path: Path) -> None:
+    lines = _criteo_lines(10)
+    fields = lines[6].split("\t")
+    fields[7] = "unkonwn"  # I7
+    lines[6] = "\t".join(fields)
+    src = tmp_path / "day.tsv"
+    src.write_text("\n".join(lines) + "\n")
+    ref, rows = import_criteo(src, tmp_path / "ds", rows_per_window=5)
+    assert rows == {0: 5, 1: 4}
+    success = json.loads((tmp_path / "ds" / "window=00001" / "_SUCCESS").read_text())
+    assert success["import_skipped"] == {"bad_dense": 1}
+    assert success["import_examples"]["bad_dense"] == "line 7, column 'I7': 'unkonwn'"
+    stats = RowStats()
+    list(iter_batches(ref, 1, 64, stats=stats))
+    assert (stats.rows_read, stats.skipped_by_reason["bad_dense"]) == (5, 1)

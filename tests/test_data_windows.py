@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -114,8 +115,27 @@ def test_corrupt_parquet_names_the_file(tmp_path: Path) -> None:
     write_window(tmp_path, 0, _table(10))
     bad = tmp_path / "window=00000" / "part-00000.parquet"
     bad.write_bytes(b"PAR1 this is not parquet PAR1")
-    with pytest.raises(DataError, match=r"part-00000\.parquet.*corrupt"):
+    with pytest.raises(DataError, match=r"part-00000\.parquet.*(corrupt|damaged)"):
         list(iter_record_batches(tmp_path, 0, ["x"]))
+
+
+def test_a_flipped_bit_is_caught_by_the_window_checksum(tmp_path: Path) -> None:
+    """_SUCCESS records size + sha256 per part; a readable part with one flipped bit is an error."""
+    write_window(tmp_path, 0, pa.table({"x": list(range(1000))}), rows_per_file=400)
+    summary = json.loads((tmp_path / "window=00000" / "_SUCCESS").read_text())
+    assert sorted(summary["files"]) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    part = tmp_path / "window=00000" / "part-00001.parquet"
+    assert summary["files"][part.name]["size"] == part.stat().st_size
+    data = bytearray(part.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    part.write_bytes(bytes(data))
+    with pytest.raises(
+        DataError, match=r"part-00001\.parquet does not match the checksum.*rewrite the window"
+    ):
+        list(iter_record_batches(tmp_path, 0, ["x"]))
+    # Each rank's share is checked too.
+    with pytest.raises(DataError, match=r"part-00001\.parquet does not match the checksum"):
+        list(iter_record_batches(tmp_path, 0, ["x"], rank=1, world_size=2))
 
 
 def test_truncated_parquet_page_names_the_file(tmp_path: Path) -> None:

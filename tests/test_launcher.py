@@ -77,3 +77,31 @@ def test_local_cancel_stops_a_running_job(tmp_path: Path) -> None:
     assert launcher.status(handle).state in ("PENDING", "RUNNING")
     launcher.cancel(handle)
     assert make_launcher("local_cwd", state_dir=tmp_path / "state").status(handle).state == "CANCELLED"
+
+
+def test_failure_message_leads_with_the_jobs_error_event(tmp_path: Path) -> None:
+    """Issue 11, item 6: the status shows the job's final error event, not its stdout tail noise."""
+    noisy = tmp_path / "noisy-python"  # stands in for a trainer that fails on bad data
+    noisy.write_text(
+        "#!/bin/sh\n"
+        'echo \'{"event": "start", "job": "fm", "windows": [0, 1]}\'\n'
+        'echo "UserWarning: torch.fx something something" >&2\n'
+        'echo \'{"event": "error", "reason": "BadInputData", "message": "window 2: 40 of 200 rows '
+        'were skipped; raise spec.training.maxBadRowFraction", "exit_code": 3}\'\n'
+        'echo "error: window 2 ..." >&2\n'
+        "exit 3\n"
+    )
+    noisy.chmod(0o755)
+    launcher = make_launcher("local_cwd", state_dir=tmp_path / "state", python=str(noisy))
+    handle = launcher.submit(_submit(name="fm-noisy-w0-1"))
+    deadline = time.monotonic() + 60
+    while not (st := launcher.status(handle)).terminal and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert st.state == "FAILED"
+    assert st.message.startswith("BadInputData: window 2: 40 of 200 rows"), st.message
+    assert "spec.training.maxBadRowFraction" in st.message and st.message.endswith("(exit code 3)")
+    assert '"start"' not in st.message and "UserWarning" not in st.message
+    # an operator restarted meanwhile reads the same reason from the logs
+    again = make_launcher("local_cwd", state_dir=tmp_path / "state")
+    assert again.status(handle).message.startswith("BadInputData: window 2")
+    launcher.close()

@@ -180,3 +180,87 @@ def test_interrupt_then_resume_redoes_no_committed_window(tmp_path: Path) -> Non
         data["vms"]["feed"]["baseline_ne"], float
     )
     assert data["fm"]["teacher"]["windows"] == 4
+
+
+KILL_PIPELINE = PIPELINE.replace("spec:\n", "spec:\n  retry: {limit: 20, backoffSeconds: 1}\n")
+
+
+def test_sigkills_of_exfm_run_and_its_jobs_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    """Issue 11: SIGKILL `exfm run` (and, every other time, a running job) at random points; the final
+    state equals an uninterrupted run's: 0 windows lost, 0 committed artifacts rewritten, no process
+    left, and the same report."""
+    import contextlib
+    import os
+    import random
+
+    manifests = tmp_path / "pipeline.yaml"
+    manifests.write_text(KILL_PIPELINE)
+    ref_wd, wd = tmp_path / "ref", tmp_path / "wd"
+    ref = subprocess.run(
+        _exfm("run", "-f", str(manifests), "--workdir", str(ref_wd), "-q", "--poll", "0.3"),
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    rng = random.Random(11)
+    run_store = wd / "storage" / "exfm" / "run"
+    seen: dict[str, float] = {}
+    kills = job_kills = 0
+    for _ in range(6):
+        proc = subprocess.Popen(
+            _exfm("run", "-f", str(manifests), "--workdir", str(wd), "-q", "--poll", "0.3"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(rng.uniform(1.0, 10.0))
+        if proc.poll() is not None:
+            break  # finished before the kill
+        proc.kill()
+        proc.wait()
+        kills += 1
+        jobs_file = wd / "jobs" / "jobs.json"
+        if rng.random() < 0.5 and jobs_file.exists():
+            live = [r for r in _jobs(wd).values() if live_group_members(r["pids"])]
+            if live:
+                for pid in rng.choice(live)["pids"]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                job_kills += 1
+        if run_store.exists():
+            now = _committed(open_storage(run_store))
+            for key, at in seen.items():
+                assert now.get(key) == at, f"{key} was rewritten or removed after a kill"
+            seen.update(now)
+    final = subprocess.run(
+        _exfm("run", "-f", str(manifests), "--workdir", str(wd), "-q", "--poll", "0.3"),
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3, f"only {kills} kills landed: the runs finished too fast to test anything"
+    run = open_storage(run_store)
+    after = _committed(run)
+    for key, at in seen.items():
+        assert after.get(key) == at, f"{key} was rewritten after a kill"
+    for name, windows in (("teacher", [0, 1, 2, 3]),):
+        latest = max(list_committed(run, layout.fm_checkpoints("default", name)))
+        trained = read_manifest(run, f"{layout.fm_checkpoints('default', name)}/{latest}")["windows"]
+        assert trained == windows, f"fm {name}: trained {trained}"  # none lost, none twice
+    for name in ("feed", "feed-baseline"):
+        parent = layout.vm_checkpoints("default", name)
+        trained = read_manifest(run, f"{parent}/{max(list_committed(run, parent))}")["windows"]
+        assert trained == [1, 2, 3], f"vm {name}: trained {trained}"
+    das = [layout.parse_window_dir(n) for n in list_committed(run, layout.das_output("default", "augment"))]
+    assert das == [1, 2, 3]
+    groups = [pid for r in _jobs(wd).values() for pid in r["pids"]]
+    deadline = time.monotonic() + 10
+    while live_group_members(groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not live_group_members(groups), "a job process outlived the runs"
+
+    def report(workdir: Path) -> str:
+        out = subprocess.run(
+            _exfm("report", "--workdir", str(workdir), "--json"), capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert report(wd) == report(ref_wd)  # byte-identical to the uninterrupted run's
+    print(f"kill figures: {kills} SIGKILLs of exfm run, {job_kills} of jobs; 0 lost, 0 rewritten")

@@ -215,3 +215,42 @@ def test_checkpoint_of_another_preset_is_refused(tmp_path: Path) -> None:
     run_training(parse_job(fm_job(tmp_path, ds, windows={"start": 0, "end": 1})), out=None)
     with pytest.raises(TrainingError, match="another model"):
         run_training(parse_job(fm_job(tmp_path, ds, preset="small")), out=None)
+
+
+def test_a_vertical_with_no_rows_fails_the_job_naming_the_values_and_exports_nothing(tmp_path: Path) -> None:
+    """Issue 11, item 1: a misspelled vertical is a failed job, not an untrained Succeeded export."""
+    ds = make_dataset(tmp_path / "das", range(2), rows=100, fm=True)
+    job = parse_job(vm_job(tmp_path, ds, vertical="adds", distillation={"mode": "aux"}))
+    with pytest.raises(DataError) as err:
+        run_training(job, out=None)
+    msg = str(err.value)
+    assert msg.startswith("vertical 'adds' not in [ads, shop] (column 'vertical' of windows [0, 2) of ")
+    assert "fix spec.vertical" in msg
+    st = open_storage(job.storage)
+    assert st.list("") == []  # no checkpoint, no metrics, no serving export
+
+
+def test_an_all_empty_input_fails_until_the_model_has_trained(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for w in (0, 1):
+        write_window(str(root), w, window_table(w, 10).slice(0, 0))
+    ds = make_dataset(root, [2, 3], rows=100)
+    job = fm_job(tmp_path, ds)
+    with pytest.raises(DataError, match=r"no rows in windows \[0, 2\) of .*every window of the job is empty"):
+        run_training(parse_job({**job, "windows": {"start": 0, "end": 2}}), out=None)
+    assert run_training(parse_job({**job, "windows": {"start": 2, "end": 4}}), out=None).trained == [2, 3]
+    write_window(str(root), 4, window_table(4, 10).slice(0, 0))  # a later gap is fine once trained
+    assert run_training(parse_job({**job, "windows": {"start": 2, "end": 5}}), out=None).empty == [4]
+
+
+def test_a_failed_job_ends_with_a_structured_error_event(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    ds = make_dataset(tmp_path / "data", [0], rows=200)
+    write_window(str(tmp_path / "data"), 1, _bad_labels(1, 200, 40))
+    cfg = tmp_path / "fm.json"
+    cfg.write_text(json.dumps(fm_job(tmp_path, ds)))
+    assert main(["fm-train", "--config", str(cfg)]) == 3
+    out, err = capsys.readouterr()
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["event"] == "error" and last["reason"] == "BadInputData" and last["exit_code"] == 3
+    assert "window 1" in last["message"] and "raise spec.training.maxBadRowFraction" in last["message"]
+    assert err.startswith("error: bad input data: window 1")

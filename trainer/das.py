@@ -45,8 +45,11 @@ from exfm_trainer.data.windows import (
     as_storage,
     iter_record_batches,
     list_ready_windows,
+    window_info,
     window_parts,
+    window_summary,
 )
+from exfm_trainer.errors import report_error
 from exfm_trainer.jobs import DASJob, JobConfigError, load_job
 from exfm_trainer.layout import FM_LOGIT_COLUMN, FM_VERSION_COLUMN, FM_WINDOW_COLUMN, DASWindowManifest
 from exfm_trainer.schema import FeatureSchema
@@ -55,6 +58,7 @@ from exfm_trainer.storage.commit import commit_artifact, is_committed, list_comm
 from exfm_trainer.storage.retention import acquire_lease, release_lease
 
 BAD_ROW_POLICY = "kept-with-null-fm_logit"
+DAS_BAD_ROW_FIELD = "spec.maxBadRowFraction"
 LINEAGE_COLUMNS = (FM_LOGIT_COLUMN, FM_VERSION_COLUMN, FM_WINDOW_COLUMN)
 ROWS_PER_FILE_ENV = "EXFM_DAS_ROWS_PER_FILE"
 _ROW_INDEX = "__exfm_das_row__"
@@ -241,12 +245,37 @@ class DASRunner:
         """Augment every window of the job; returns the progress records (also printed)."""
         records = []
         try:
-            for window in self.windows():
+            windows = self.windows()
+            self.check_input(windows)
+            for window in windows:
                 records.append(self.augment(window))
         finally:
             with contextlib.suppress(StorageError):
                 release_lease(self.storage, "fm", self.job.fm.namespace, self.job.fm.name, self.holder)
         return records
+
+    def check_input(self, windows: list[int]) -> None:
+        """Fail when the job's input windows hold no row at all and no earlier output window had
+        one (an empty or mis-pointed dataset), instead of committing empty augmented windows."""
+        job = self.job
+        todo = [
+            w
+            for w in windows
+            if not is_committed(self.storage, layout.das_window(job.namespace, job.name, w))
+        ]
+        ready = set(list_ready_windows(self.data))
+        if not todo or any(window_info(self.data, w).rows for w in todo if w in ready):
+            return
+        parent = layout.das_output(job.namespace, job.name)
+        for name in list_committed(self.storage, parent):
+            with contextlib.suppress(StorageError, ValueError, TypeError):
+                if int(read_manifest(self.storage, f"{parent}/{name}").get("rows", 0)) > 0:
+                    return
+        raise DASError(
+            f"no rows in windows [{todo[0]}, {todo[-1] + 1}) of {self.data.uri()}: every input window of "
+            "the job is empty; check the dataset (its import or generator), or start spec.windows at the "
+            "first window with data"
+        )
 
     def _emit(self, record: dict[str, Any]) -> dict[str, Any]:
         self.out.write(json.dumps(record, sort_keys=True) + "\n")
@@ -285,7 +314,7 @@ class DASRunner:
             )
             from exfm_trainer.data.batches import check_bad_fraction
 
-            check_bad_fraction(stats, job.max_bad_row_fraction, window)
+            check_bad_fraction(stats, job.max_bad_row_fraction, window, DAS_BAD_ROW_FIELD)
             manifest = DASWindowManifest(
                 window=window,
                 input_uri=self.data.uri(layout.window_dir(window)),
@@ -332,6 +361,7 @@ class DASRunner:
         from exfm_trainer.data.batches import RowStats, to_batch
 
         stats = RowStats()
+        stats.add_upstream(window_summary(self.data, window))  # rows the importer dropped (bad_dense)
         window_uri = self.data.uri(layout.window_dir(window))
         parts: dict[str, Path] = {}
         writer: pq.ParquetWriter | None = None
@@ -426,9 +456,14 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(job, DASJob):
             raise JobConfigError(f"{args.config} is a {job.job!r} job, not a 'das' job")
         run_das(job)
-    except (JobConfigError, DASError, DataError, StorageError) as err:
-        print(f"exfm das: error: {err}", file=sys.stderr)
-        return 1
+    except JobConfigError as err:
+        return report_error("InvalidConfig", f"exfm das: {err}", 1)
+    except DataError as err:
+        return report_error("BadInputData", f"exfm das: bad input data: {err}", 1)
+    except DASError as err:
+        return report_error("AugmentationFailed", f"exfm das: {err}", 1)
+    except StorageError as err:
+        return report_error("StorageError", f"exfm das: {err}", 1)
     return 0
 
 

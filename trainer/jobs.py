@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from exfm_trainer.schema import FeatureSchema
+from exfm_trainer.validation import suggest_field
 
 ModelPreset = Literal["tiny", "small", "medium", "large"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -187,11 +188,15 @@ class JobConfigError(ValueError):
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
-    """``invalid job config <source>:`` then one ``  - <field>: <message>`` line per error."""
+    """``invalid job config <source>:`` then one ``  - <field>: <message>`` line per error (an unknown
+    field gets the nearest valid name)."""
+    models: dict[str, type[BaseModel]] = {"fm-train": FMTrainJob, "das": DASJob, "vm-train": VMTrainJob}
     lines = [f"invalid job config {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  - {loc}: {e['msg']}")
+        tag = e["loc"][0] if e["loc"] else None
+        hint = suggest_field(models[tag], {**e, "loc": e["loc"][1:]}) if tag in models else ""
+        lines.append(f"  - {loc}: {e['msg']}{hint}")
     return "\n".join(lines)
 
 

@@ -114,6 +114,13 @@ class FeatureSchema(BaseModel):
             cols.append(self.vertical)
         return cols
 
+    def vertical_values(self) -> list[str] | None:
+        """The declared values of the vertical column (its sparse feature's vocabulary), if known."""
+        if not self.vertical:
+            return None
+        feat = next((f for f in self.sparse if f.name == self.vertical), None)
+        return list(feat.vocabulary) if feat is not None and feat.vocabulary is not None else None
+
     def fingerprint(self) -> str:
         """Short sha256 of every column's role and id mapping (equal fingerprints encode alike)."""
         spec = {

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from exfm_operator.api.base import DNS_SUBDOMAIN, ApiModel, cel
 from exfm_trainer.jobs import WindowRange as JobWindowRange
 from exfm_trainer.schema import FeatureSchema
+from exfm_trainer.validation import suggest_field
 
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 Preset = Literal["tiny", "small", "medium", "large"]
@@ -126,7 +127,10 @@ def _synthetic_config(params: dict[str, Any]) -> Any:
     try:
         return SyntheticConfig.model_validate(params)
     except ValidationError as err:
-        parts = [f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+        parts = [
+            f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}{suggest_field(SyntheticConfig, e)}"
+            for e in err.errors()
+        ]
         raise ValueError("invalid synthetic generator params: " + "; ".join(parts)) from None
 
 
@@ -184,6 +188,13 @@ class Training(ApiModel):
     )
     seed: int = Field(default=0, ge=0)
     device: Device = Field(default="auto", description="`auto` uses a GPU when the pod has one.")
+    max_bad_row_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Bad rows (NaN/unparsable dense values, labels outside {0,1}...; docs/data.md) are "
+        "skipped and counted; a window with a larger skipped fraction fails the job.",
+    )
 
 
 class ObjectRef(ApiModel):

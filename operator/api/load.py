@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from exfm_operator.api.base import API_VERSION
 from exfm_operator.api.resources import KINDS, Resource
+from exfm_trainer.validation import suggest_field
 
 
 class ManifestError(ValueError):
@@ -36,9 +38,12 @@ def _clean(msg: str) -> str:
     return msg
 
 
-def validation_problems(err: ValidationError, prefix: str) -> list[str]:
-    """One ``<prefix>: <field path>: <message>`` line per pydantic error."""
-    return [f"{prefix}: {field_path(e['loc'])}: {_clean(e['msg'])}" for e in err.errors()]
+def validation_problems(err: ValidationError, prefix: str, model: type[BaseModel] | None = None) -> list[str]:
+    """One ``<prefix>: <field path>: <message>`` line per pydantic error (an unknown field gets the
+    nearest valid name of ``model`` at that place, when ``model`` is given)."""
+    return [
+        f"{prefix}: {field_path(e['loc'])}: {_clean(e['msg'])}{suggest_field(model, e)}" for e in err.errors()
+    ]
 
 
 def _label(doc: dict[str, Any], where: str) -> str:
@@ -66,7 +71,7 @@ def parse_resource(doc: Any, where: str = "<dict>") -> Resource:
     try:
         return KINDS[kind].model_validate(doc)
     except ValidationError as err:
-        raise ManifestError(validation_problems(err, label)) from None
+        raise ManifestError(validation_problems(err, label, KINDS[kind])) from None
 
 
 def load_manifests(docs: Iterable[Any], source: str = "<manifest>") -> list[Resource]:
@@ -77,12 +82,45 @@ def load_manifests(docs: Iterable[Any], source: str = "<manifest>") -> list[Reso
     return _load_located([(doc, f"{source}#{i}") for i, doc in enumerate(docs)])
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a mapping key given twice (YAML 1.2 forbids it; last-wins hides typos)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """One line: ``line L, column C: <problem>``."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{' '.join(str(problem).split())}"
+
+
+def parse_yaml_documents(text: str) -> list[Any]:
+    """Every document of a YAML string (duplicate keys are an error); raises ``yaml.YAMLError``."""
+    return list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+
+
 def load_yaml(text: str, source: str = "<yaml>") -> list[Resource]:
     """Parse a multi-document YAML string."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = parse_yaml_documents(text)
     except yaml.YAMLError as err:
-        raise ManifestError([f"{source}: not valid YAML: {err}"]) from None
+        raise ManifestError([f"{source}: not valid YAML: {_yaml_error(err)}"]) from None
     return load_manifests(docs, source)
 
 
@@ -117,9 +155,22 @@ def read_yaml_documents(paths: Iterable[str | Path], problems: list[str]) -> lis
             continue
         for f in files:
             try:
-                docs = list(yaml.safe_load_all(f.read_text()))
+                docs = parse_yaml_documents(f.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as err:
+                line = f.read_bytes()[: err.start].count(b"\n") + 1
+                problems.append(
+                    f"{f}: line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+                    f"{err.start}); save the manifest as UTF-8"
+                )
+                continue
+            except FileNotFoundError:
+                problems.append(f"{f}: cannot be read (a dangling symlink?); fix or remove it")
+                continue
+            except OSError as err:
+                problems.append(f"{f}: cannot be read ({err.strerror or err}); fix its permissions")
+                continue
             except yaml.YAMLError as err:
-                problems.append(f"{f}: not valid YAML: {err}")
+                problems.append(f"{f}: not valid YAML: {_yaml_error(err)}")
                 continue
             out.extend((doc, f"{f}#{i}", f) for i, doc in enumerate(docs) if doc is not None)
     return out

@@ -109,6 +109,13 @@ class DataAugmentationSpec(ApiModel):
     resources: Resources = sub(Resources, "Compute per job.")
     image: str = _image()
     batch_size: int = Field(default=8192, ge=1, le=1_048_576, description="Inference batch size.")
+    max_bad_row_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Bad input rows are kept with a null fm_logit and counted; a window with a larger "
+        "fraction fails the job.",
+    )
     retry: RetryPolicy = sub(RetryPolicy, "Retries of failed jobs.")
     suspend: bool = Field(default=False, description="Cancel the active job and submit no new ones.")
 

@@ -17,6 +17,7 @@ from torchx.specs import parse_app_handle
 from exfm_operator.launcher.appdef import build_appdef, dns_name, job_labels
 from exfm_operator.launcher.base import JobRef, JobStatus, Launcher, LauncherError, state_name
 from exfm_operator.launcher.registry import LocalJobRecord, LocalJobRegistry
+from exfm_trainer.errors import error_summary, find_error_event
 
 SCHEDULER = "local_cwd"
 
@@ -142,9 +143,15 @@ class LocalLauncher(Launcher):
         return JobStatus("FAILED", f"job {record.job_name} exited without recording an exit code")
 
     def _failure_message(self, handle: str, record: LocalJobRecord | None, prefix: str = "") -> str:
-        tail = [line.rstrip() for line in self.logs(handle, tail=5) if line.strip()]
-        parts = [p for p in (prefix, " | ".join(tail)) if p]
-        return "; ".join(parts)[:1000] or "job failed"
+        """The job's reason first: its final error event, else its last stderr lines, then the exit code."""
+        event = find_error_event(self.logs(handle, tail=200, streams=("stdout.log",)))
+        if event is not None:
+            code = event.get("exit_code")
+            return (error_summary(event) + (f" (exit code {code})" if code is not None else ""))[:2000]
+        tail = [line.rstrip() for line in self.logs(handle, tail=5, streams=("stderr.log",)) if line.strip()]
+        tail = tail or [line.rstrip() for line in self.logs(handle, tail=5) if line.strip()]
+        parts = [p for p in (" | ".join(tail), prefix) if p]
+        return "; ".join(parts)[:2000] or "job failed"
 
     # -- list / cancel / logs ------------------------------------------------------------------
     def list_jobs(self, labels: dict[str, str], namespace: str | None = None) -> list[JobRef]:
@@ -183,13 +190,15 @@ class LocalLauncher(Launcher):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(pid, signal.SIGTERM)
 
-    def logs(self, handle: str, tail: int = 100) -> list[str]:
+    def logs(
+        self, handle: str, tail: int = 100, streams: tuple[str, ...] = ("stdout.log", "stderr.log")
+    ) -> list[str]:
         record = self._record(handle)
         if record is None or not record.log_dir:
             return []
         replica = Path(record.log_dir) / "trainer" / "0"
         lines: deque[str] = deque(maxlen=tail)
-        for name in ("stdout.log", "stderr.log"):
+        for name in streams:
             path = replica / name
             if path.exists():
                 with open(path, errors="replace") as fh:

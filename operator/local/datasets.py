@@ -12,22 +12,27 @@ dataset's ``dataset.json``; every resource reading that URI adopts those vocabul
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exfm_operator.local.manifests import Bundle, DatasetDoc
+from exfm_operator.local.manifests import Bundle, DatasetDoc, vertical_problem, vm_dataset
 from exfm_operator.local.progress import Reporter
+from exfm_trainer.errors import find_error_event
 from exfm_trainer.schema import FeatureSchema
 from exfm_trainer.storage import open_storage
 from exfm_trainer.storage.commit import sha256_file
 
 IMPORT_MARKER = "_IMPORTED.json"
+IMPORT_LOCK = ".import.lock"
 
 
 class DatasetError(RuntimeError):
@@ -109,6 +114,9 @@ def _run(argv: list[str], label: str) -> None:
         [sys.executable, "-m", "exfm_trainer", *argv], capture_output=True, text=True, env=os.environ.copy()
     )
     if proc.returncode != 0:
+        event = find_error_event(proc.stdout.splitlines())
+        if event is not None:
+            raise DatasetError(f"{label}: {argv[0]} failed: {event['message']}")
         err = (proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}").splitlines()
         raise DatasetError(f"{label}: {' '.join(argv[:1])} failed: {' | '.join(err[-5:])}")
 
@@ -123,7 +131,34 @@ def _synthesize(task: DatasetTask, reporter: Reporter) -> None:
         _run(["synth", "--out", task.uri, "--config", str(cfg)], task.label)
 
 
+@contextlib.contextmanager
+def import_lock(uri: str) -> Iterator[None]:
+    """Serialise imports into one dataset root (a blocking ``flock`` on ``<root>/.import.lock``), so
+    the marker check and the import are one step: a second import of another source into the same
+    root waits, then finds the first one's marker and is refused. S3 roots have no lock primitive
+    in the storage API: there, give each dataset its own ``spec.uri``."""
+    storage = open_storage(uri)
+    local_path = getattr(storage, "local_path", None)
+    if not callable(local_path):
+        yield
+        return
+    root = Path(local_path(""))
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / IMPORT_LOCK, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _import(task: DatasetTask, reporter: Reporter) -> None:
+    assert task.import_path is not None
+    with import_lock(task.uri):
+        _import_locked(task, reporter)
+
+
+def _import_locked(task: DatasetTask, reporter: Reporter) -> None:
     assert task.import_path is not None and task.schema is not None and task.import_options is not None
     storage = open_storage(task.uri)
     marker = {
@@ -188,3 +223,40 @@ def materialise(bundle: Bundle, reporter: Reporter) -> dict[str, list[int]]:
         reporter.event("dataset_ready", name=task.label, windows=len(windows), uri=task.uri)
         ready[task.uri] = windows
     return ready
+
+
+def dataset_verticals(uri: str) -> tuple[str | None, list[str] | None]:
+    """The vertical column of a materialised dataset and its values, from its ``dataset.json``
+    (an import records the values it saw; a generated dataset declares them in its schema)."""
+    from exfm_trainer.data.windows import read_dataset_info
+
+    try:
+        info = read_dataset_info(uri) or {}
+    except (OSError, ValueError):
+        return None, None
+    schema = info.get("schema")
+    if not isinstance(schema, dict) or not schema.get("vertical"):
+        return None, None
+    values = info.get("verticals")
+    if values is None:
+        try:
+            values = FeatureSchema.model_validate(schema).vertical_values()
+        except ValueError:
+            values = None
+    return str(schema["vertical"]), (sorted(str(v) for v in values) if values is not None else None)
+
+
+def check_dataset_values(bundle: Bundle) -> list[str]:
+    """Each VM whose ``spec.vertical`` is not among the verticals its materialised dataset holds."""
+    problems = []
+    for vm in bundle.of_kind("VerticalModel"):
+        ds = vm_dataset(bundle, vm)
+        if ds is None or vm.spec.vertical is None:
+            continue
+        column, values = dataset_verticals(ds.uri)
+        if column is None:
+            continue
+        problem = vertical_problem(vm, values, column, ds.uri)
+        if problem:
+            problems.append(problem)
+    return problems

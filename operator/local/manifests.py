@@ -12,6 +12,7 @@ run has no API server to wait on. Every problem gets one message; nothing starts
 
 from __future__ import annotations
 
+import difflib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,13 +110,19 @@ def _parse_dataset(doc: dict[str, Any], where: str, source_dir: Path) -> Dataset
     try:
         obj = DatasetDoc.model_validate(doc)
     except ValidationError as err:
-        raise ManifestError(validation_problems(err, label)) from None
+        raise ManifestError(validation_problems(err, label, DatasetDoc)) from None
     obj.source_dir = str(source_dir.resolve())
     return obj
 
 
-def check_references(bundle: Bundle) -> list[str]:
-    """One problem per ``fmRef``/``dasRef`` naming no resource of the bundle, and per bad dataset."""
+def check_references(
+    bundle: Bundle, invalid: set[tuple[str, str, str]] | None = None, report_empty: bool = True
+) -> list[str]:
+    """One problem per ``fmRef``/``dasRef`` naming no resource of the bundle, and per bad dataset.
+
+    ``invalid`` holds ``(kind, namespace, name)`` of documents that failed validation: a reference
+    to one of them is not reported again (its own problems already are)."""
+    invalid = invalid or set()
     problems = []
     refs = [  # (kind, its reference field, the kind it names)
         ("DataAugmentation", "fm_ref", "fmRef", "FoundationModel"),
@@ -124,7 +131,7 @@ def check_references(bundle: Bundle) -> list[str]:
     for kind, attr, field_name, upstream in refs:
         for res in bundle.of_kind(kind):
             ns, ref = res.metadata.namespace, getattr(res.spec, attr).name
-            if bundle.find(upstream, ns, ref) is None:
+            if bundle.find(upstream, ns, ref) is None and (upstream, ns, ref) not in invalid:
                 problems.append(
                     f'{kind} "{ns}/{res.metadata.name}": spec.{field_name}.name: {upstream} "{ref}" is not '
                     f'defined in namespace "{ns}" by these manifests; add it or fix the name'
@@ -142,9 +149,69 @@ def check_references(bundle: Bundle) -> list[str]:
             problems.extend(
                 synthetic_problems(ds.spec.synthetic, f'Dataset "{ds.metadata.name}": spec.synthetic')
             )
-    if not bundle.resources and not bundle.datasets:
+    problems.extend(vertical_problems(bundle))
+    if report_empty and not bundle.resources and not bundle.datasets and not invalid:
         problems.append("no FoundationModel, DataAugmentation, VerticalModel or Dataset documents found")
     return problems
+
+
+def vm_dataset(bundle: Bundle, vm: VerticalModel) -> Any:
+    """The ``DatasetSpec`` a VM's rows come from (its DAS's dataset, else the FM's), or None."""
+    ns = vm.metadata.namespace
+    das = bundle.find("DataAugmentation", ns, vm.spec.das_ref.name)
+    if das is None:
+        return None
+    if das.spec.dataset is not None:
+        return das.spec.dataset
+    fm = bundle.find("FoundationModel", ns, das.spec.fm_ref.name)
+    return fm.spec.dataset if fm is not None else None
+
+
+def vertical_problem(vm: VerticalModel, values: list[str] | None, column: str | None, uri: str) -> str | None:
+    """The problem when ``spec.vertical`` names no vertical of the data (``values``: the known ones)."""
+    label = f'VerticalModel "{vm.metadata.namespace}/{vm.metadata.name}": spec.vertical'
+    if vm.spec.vertical is None:
+        return None
+    if column is None:
+        return (
+            f"{label}: {vm.spec.vertical!r} is set but the schema of {uri} has no vertical column "
+            "(schema.vertical); remove spec.vertical or declare the column"
+        )
+    if values is None or vm.spec.vertical in values:
+        return None
+    close = difflib.get_close_matches(vm.spec.vertical, values, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "use one of them"
+    return (
+        f"{label}: vertical {vm.spec.vertical!r} not in [{', '.join(values)}] (the values of column "
+        f"{column!r} of {uri}); {hint}"
+    )
+
+
+def vertical_problems(bundle: Bundle) -> list[str]:
+    """A VM whose vertical the dataset's schema does not know (declared vocabulary/synthetic names)."""
+    problems = []
+    for vm in bundle.of_kind("VerticalModel"):
+        ds = vm_dataset(bundle, vm)
+        if ds is None or vm.spec.vertical is None:
+            continue
+        try:
+            schema = ds.resolved_schema()
+        except ValueError:
+            continue  # an invalid generator config is reported on its own
+        if schema is None:
+            continue
+        problem = vertical_problem(vm, schema.vertical_values(), schema.vertical, ds.uri)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _identity(doc: Any) -> tuple[str, str, str]:
+    """``(kind, namespace, name)`` of a raw document (empty strings where absent)."""
+    if not isinstance(doc, dict):
+        return ("", "", "")
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    return (str(doc.get("kind") or ""), str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
 
 
 def synthetic_problems(params: dict[str, Any], label: str) -> list[str]:
@@ -154,7 +221,7 @@ def synthetic_problems(params: dict[str, Any], label: str) -> list[str]:
     try:
         SyntheticConfig.model_validate(params)
     except ValidationError as err:
-        return validation_problems(err, label)
+        return validation_problems(err, label, SyntheticConfig)
     return []
 
 
@@ -163,7 +230,9 @@ def load_bundle(paths: list[str | Path]) -> Bundle:
     problems: list[str] = []
     bundle = Bundle()
     names = UniqueNames()
+    invalid: set[tuple[str, str, str]] = set()
     for doc, where, f in read_yaml_documents(paths, problems):
+        invalid.add(_identity(doc))
         try:
             if isinstance(doc, dict) and doc.get("kind") == DATASET_KIND:
                 obj: Any = _parse_dataset(doc, where, f.parent)
@@ -175,6 +244,7 @@ def load_bundle(paths: list[str | Path]) -> Bundle:
         except ManifestError as err:
             problems.extend(err.problems)
             continue
+        invalid.discard(_identity(doc))
         repeated = names.repeated(obj.kind, obj.metadata.namespace, obj.metadata.name, where)
         if repeated:
             problems.append(repeated)
@@ -182,8 +252,8 @@ def load_bundle(paths: list[str | Path]) -> Bundle:
             bundle.datasets.append(obj)
         else:
             bundle.resources.append(obj)
-    if not problems:
-        problems.extend(check_references(bundle))
+    # Cross-references are checked even when some documents are invalid: every problem at once.
+    problems.extend(check_references(bundle, invalid, report_empty=not problems))
     if problems:
         raise ManifestError(problems)
     bundle.resources.sort(key=lambda r: (ORDER[r.kind], r.metadata.namespace, r.metadata.name))

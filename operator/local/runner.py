@@ -7,8 +7,14 @@ operator would PATCH it into the CR; here it goes to ``<workdir>/status``). Upst
 downstream planning within the pass (FM → DAS → VM), as the watch would in a cluster.
 
 **Done**: a pass in which no resource has an active job, no job was submitted or held back, and no
-resource waits for a retry backoff. Then every ready window has been processed (or a resource
-failed, which the summary and the exit code say).
+resource waits for a retry backoff. Then every ready window has been processed, or a resource
+failed (exit 1), or ready windows are left that nothing will process (exit 3, ``EXIT_STALLED``: an
+open range waiting for a full ``cadence.windowsPerJob`` chunk, a window missing its ``_SUCCESS``
+in the middle of a range); the summary says which and why.
+
+**Known-complete streams**: an imported dataset records its last window (``dataset.json``:
+``complete``, ``last_window``). An open-ended FM/DAS range over it is planned as if it ended
+there, so the last, shorter chunk runs instead of waiting for windows that will never come.
 
 **Interrupt** (SIGINT/SIGTERM, or ``--max-minutes``): one more pass plans every resource as if
 ``spec.suspend`` were true, so the planner itself cancels the active jobs (CancelJob → launcher),
@@ -22,8 +28,6 @@ SubmitJob does not fit is not applied and its status not stored; the next pass p
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import signal
 import threading
 import time
@@ -44,11 +48,29 @@ from exfm_operator.planner import (
     World,
     plan_resource,
 )
+from exfm_operator.planner.common import spans
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_STALLED = 3  # ready windows are left that nothing will process (see _stalled)
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
+
+
+def unprocessed_windows(res: Any, world: World) -> list[int]:
+    """Ready, in-range input windows of ``res`` that it has not processed (and could)."""
+    rng = res.spec.windows
+    if isinstance(res, FoundationModel):
+        done = {w for c in world.fm_checkpoints for w in c.windows}
+        return sorted(w for w in world.data_windows if rng.contains(w) and w not in done)
+    if isinstance(res, DataAugmentation):
+        done = {d.window for d in world.das_windows}
+        first_ckpt = min((c.last_window for c in world.fm_checkpoints), default=None)
+        lowest = min(world.data_windows, default=0)  # never augmentable: no FM is older than it
+        floor = first_ckpt + 1 if first_ckpt is not None else lowest + 1
+        return sorted(w for w in world.data_windows if rng.contains(w) and w >= floor and w not in done)
+    done = {w for c in world.vm_checkpoints for w in c.windows}
+    return sorted(d.window for d in world.das_windows if rng.contains(d.window) and d.window not in done)
 
 
 @dataclass
@@ -118,7 +140,30 @@ class LocalRunner:
         self._active: dict[str, int] = {}
         self._das_total: dict[tuple[str, str], int] = {}
         self.submitted = 0
+        self._known_end = self._complete_stream_ends()
         self._restore_statuses()
+
+    def _complete_stream_ends(self) -> dict[str, int]:
+        """``label → end`` for open-ended FM/DAS ranges over a dataset known to be complete."""
+        from exfm_trainer.data.windows import read_dataset_info
+
+        ends: dict[str, int] = {}
+        for res in self.bundle.resources:
+            if isinstance(res, VerticalModel) or res.spec.windows.end is not None:
+                continue
+            ds = res.spec.dataset
+            if ds is None and isinstance(res, DataAugmentation):
+                fm = self._upstream(res)[0]
+                ds = fm.spec.dataset if fm is not None else None
+            if ds is None:
+                continue
+            try:
+                info = read_dataset_info(ds.uri) or {}
+            except (OSError, ValueError, RuntimeError):
+                continue
+            if info.get("complete") and isinstance(info.get("last_window"), int):
+                ends[resource_label(res)] = max(info["last_window"] + 1, res.spec.windows.start)
+        return ends
 
     # ------------------------------------------------------------------ status persistence
 
@@ -157,9 +202,13 @@ class LocalRunner:
 
     def plan(self, res: Any, world: World, suspend: bool = False) -> Plan:
         """The operator's planner for ``res`` (optionally as if ``spec.suspend`` were true)."""
+        update: dict[str, Any] = {"suspend": True} if suspend else {}
+        end = self._known_end.get(resource_label(res))
+        if end is not None:
+            update["windows"] = res.spec.windows.model_copy(update={"end": end})
         target = res
-        if suspend:
-            target = res.model_copy(update={"spec": res.spec.model_copy(update={"suspend": True})})
+        if update:
+            target = res.model_copy(update={"spec": res.spec.model_copy(update=update)})
         return plan_resource(target, world, *self._upstream(res))
 
     def run_pass(self, suspend: bool = False) -> tuple[PassResult, list[ProgressRow]]:
@@ -314,7 +363,7 @@ class LocalRunner:
         """Loop until done, interrupted or out of time; returns the exit code and final statuses."""
         start = time.monotonic()
         deadline = start + self.options.max_minutes * 60 if self.options.max_minutes else None
-        with _workdir_lock(self.workdir), self._signals():
+        with self.workdir.locked(), self._signals():
             code, reason = EXIT_OK, "done"
             errors_seen: set[str] = set()
             while True:
@@ -341,7 +390,25 @@ class LocalRunner:
         if bad:
             names = ", ".join(f"{resource_label(r)} ({r.status.phase}: {r.status.last_error})" for r in bad)
             return EXIT_FAILED, f"failed: {names}"
+        stalled = self._stalled()
+        if stalled:
+            return EXIT_STALLED, "nothing more can run: " + "; ".join(stalled)
         return EXIT_OK, "done: every ready window is processed"
+
+    def _stalled(self) -> list[str]:
+        """One line per resource that leaves ready input windows unprocessed, with the planner's why."""
+        out = []
+        for res in self.bundle.resources:
+            if res.status.phase in ("Succeeded", "Failed", "Suspended"):
+                continue
+            left = unprocessed_windows(res, self.observe(res))
+            if not left:
+                continue
+            cond = res.status.condition("Progressing")
+            why = (cond.message if cond is not None and cond.message else "") or res.status.phase
+            shown = ", ".join(f"[{s.start}, {s.end})" for s in spans(left))
+            out.append(f"{resource_label(res)}: {len(left)} ready window(s) {shown} not processed: {why}")
+        return out
 
     def _stop(self) -> tuple[int, str]:
         """Suspend every resource through the planner (cancelling its job) and wait for the jobs."""
@@ -361,24 +428,3 @@ class LocalRunner:
                 f"stopped at the --max-minutes limit ({self.options.max_minutes}); re-run to resume",
             )
         return EXIT_INTERRUPTED, "interrupted; re-run the same command to resume"
-
-
-@contextlib.contextmanager
-def _workdir_lock(workdir: Workdir) -> Iterator[None]:
-    """One ``exfm run`` per workdir at a time."""
-    workdir.ensure()
-    with open(workdir.root / ".run.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"another `exfm run` is using {workdir.root}; wait for it or pick another --workdir"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

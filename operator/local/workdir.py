@@ -15,15 +15,23 @@ half-written status behind.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STATUS_DIR = "status"
+LOCK_FILE = ".run.lock"
+
+
+class WorkdirBusy(RuntimeError):
+    """Another ``exfm run`` holds the workdir's lock."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -80,6 +88,44 @@ class Workdir:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().resolve()
+        self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Workdir]:
+        """Hold ``<workdir>/.run.lock`` (one ``exfm run`` per workdir); re-entrant for this object.
+
+        Only the workdir folder itself is created before the lock is taken, so a refused run
+        writes nothing. Raises :class:`WorkdirBusy` when another process holds it."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = ""
+                with contextlib.suppress(OSError):
+                    fh.seek(0)
+                    holder = fh.read().strip()
+                raise WorkdirBusy(
+                    f"another `exfm run` (pid {holder or '?'}) is using {self.root}; wait for it or pick "
+                    "another --workdir (nothing was written)"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            self._lock_depth = 1
+            try:
+                yield self
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @property
     def storage_dir(self) -> Path:

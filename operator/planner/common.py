@@ -67,5 +67,6 @@ def training_job_fields(resource: Any, storage_uri: str, windows: tuple[int, int
         "seed": spec.training.seed,
         "device": spec.training.device,
         "keep_checkpoints": spec.retention.keep_checkpoints,
+        "max_bad_row_fraction": spec.training.max_bad_row_fraction,
         "optim": optim(spec.training),
     }

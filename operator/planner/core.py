@@ -72,7 +72,7 @@ def _failures(jobs: list[JobInfo], windows: tuple[int, int]) -> list[JobInfo]:
 def _failure_message(job: JobInfo) -> str:
     if job.state == "SUCCEEDED":
         return f"job {job.name} succeeded but the output of windows {_fmt(job.windows)} is not committed"
-    return f"job {job.name} failed: {job.message or 'no message'}"
+    return f"{job.message or 'failed without a message'} (job {job.name})"  # the reason first
 
 
 def backoff(retry: RetryPolicy, failures: int) -> timedelta:

@@ -131,6 +131,7 @@ def plan_data_augmentation(
                 dataset=DatasetRef(uri=dataset.uri, schema=schema),
                 fm=ArtifactRef(namespace=fm.metadata.namespace, name=fm.metadata.name),
                 max_staleness=spec.max_staleness,
+                max_bad_row_fraction=spec.max_bad_row_fraction,
             )
             return job.model_dump(mode="json", by_alias=True)
 

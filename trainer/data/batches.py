@@ -1,8 +1,12 @@
 """Model batches from windowed Parquet: dense tensor, torchrec KeyedJaggedTensor, labels.
 
-Bad-row policy: rows with a null label, a label outside {0, 1}, a NaN/inf dense feature, or
-(when the FM logit is requested) a null/NaN/inf ``fm_logit`` are skipped and counted in
-:class:`RowStats`. The trainer fails a window whose skipped fraction exceeds the job's
+Bad-row policy: rows with a null label (``null_label``), a label outside {0, 1} (``bad_label``),
+a NaN/inf dense feature (``nan_dense``; the importers turn NaN spellings such as ``nan``, ``n/a``,
+``NA``, ``null`` into NaN), or (when the FM logit is requested) a null/NaN/inf ``fm_logit``
+(``bad_fm_logit``) are skipped and counted in :class:`RowStats`. Rows the importer could not parse
+(``bad_dense``: a dense value that is not a number) were dropped at import; their count, recorded
+in the window's ``_SUCCESS``, is added here (without a vertical filter) so the same limit covers
+them. The trainer fails a window whose skipped fraction exceeds the job's
 ``max_bad_row_fraction`` (:func:`check_bad_fraction`). A *null* dense value is a missing
 value, not a bad row: it becomes 0 after the transform.
 
@@ -22,12 +26,13 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from exfm_trainer.data.hashing import HashingError, encode_column
-from exfm_trainer.data.windows import DataError, iter_record_batches
+from exfm_trainer.data.windows import DataError, as_storage, iter_record_batches, window_summary
 from exfm_trainer.jobs import DatasetRef
 from exfm_trainer.layout import FM_LOGIT_COLUMN
 from exfm_trainer.schema import FeatureSchema
 
-SKIP_REASONS = ("null_label", "bad_label", "nan_dense", "bad_fm_logit")
+SKIP_REASONS = ("null_label", "bad_label", "nan_dense", "bad_dense", "bad_fm_logit")
+UPSTREAM_REASONS = ("bad_dense",)  # counted by the importer (rows dropped there), read from _SUCCESS
 
 
 @dataclass
@@ -43,6 +48,7 @@ class RowStats:
     rows_used: int = 0
     rows_other_vertical: int = 0
     skipped_by_reason: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    examples: dict[str, str] = field(default_factory=dict)  # first offending line per reason (import)
 
     @property
     def rows_skipped(self) -> int:
@@ -59,7 +65,20 @@ class RowStats:
         self.rows_other_vertical += other.rows_other_vertical
         for k, v in other.skipped_by_reason.items():
             self.skipped_by_reason[k] = self.skipped_by_reason.get(k, 0) + v
+        for k, v in other.examples.items():
+            self.examples.setdefault(k, v)
         return self
+
+    def add_upstream(self, summary: dict) -> None:
+        """Add the rows an importer dropped (``import_skipped`` of a window's ``_SUCCESS``) and its
+        first offending lines, so the window's bad fraction covers them."""
+        skipped = summary.get("import_skipped") or {}
+        for reason in UPSTREAM_REASONS:
+            n = int(skipped.get(reason, 0) or 0)
+            self.rows_read += n
+            self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + n
+        for k, v in (summary.get("import_examples") or {}).items():
+            self.examples.setdefault(str(k), str(v))
 
     def as_dict(self) -> dict[str, int | float | dict[str, int]]:
         return {
@@ -71,15 +90,23 @@ class RowStats:
         }
 
 
-def check_bad_fraction(stats: RowStats, max_fraction: float, window: int) -> None:
-    """Raise DataError when more than ``max_fraction`` of the window's rows were skipped as bad."""
+MAX_BAD_ROW_FIELD = "spec.training.maxBadRowFraction"
+
+
+def check_bad_fraction(
+    stats: RowStats, max_fraction: float, window: int, setting: str = MAX_BAD_ROW_FIELD
+) -> None:
+    """Raise DataError when more than ``max_fraction`` of the window's rows were skipped as bad.
+
+    ``setting`` names the manifest field that sets the limit (the DAS's is ``spec.maxBadRowFraction``)."""
     if stats.rows_read and stats.skipped_fraction > max_fraction:
         reasons = {k: v for k, v in stats.skipped_by_reason.items() if v}
+        examples = [stats.examples[k] for k in reasons if k in stats.examples]
+        first = f" (first: {'; '.join(examples)})" if examples else ""
         raise DataError(
             f"window {window}: {stats.rows_skipped} of {stats.rows_read} rows "
-            f"({stats.skipped_fraction:.2%}) were skipped as bad {reasons}, more than "
-            f"max_bad_row_fraction={max_fraction}: fix the upstream data for this window or raise "
-            "max_bad_row_fraction in the job config"
+            f"({stats.skipped_fraction:.2%}) were skipped as bad {reasons}{first}, more than "
+            f"max_bad_row_fraction={max_fraction}: fix those rows in the source data, or raise {setting}"
         )
 
 
@@ -149,7 +176,8 @@ def drop_bad_rows(
         fm = _float_col(table, FM_LOGIT_COLUMN, window)
         bad_fm = pc.is_null(fm).to_numpy(zero_copy_only=False) | _not_finite(fm)
     bad = np.zeros(n, dtype=bool)
-    for reason, mask in zip(SKIP_REASONS, (null_label, bad_label, nan_dense, bad_fm), strict=True):
+    reasons = ("null_label", "bad_label", "nan_dense", "bad_fm_logit")
+    for reason, mask in zip(reasons, (null_label, bad_label, nan_dense, bad_fm), strict=True):
         new = mask & ~bad
         stats.skipped_by_reason[reason] = stats.skipped_by_reason.get(reason, 0) + int(new.sum())
         bad |= mask
@@ -240,6 +268,8 @@ def iter_batches(
             "no vertical column: set `vertical` in the dataset schema or drop the filter"
         )
     stats = stats if stats is not None else RowStats()
+    if vertical is None and rank == 0:
+        stats.add_upstream(window_summary(as_storage(dataset.uri), window))
     cols = batch_columns(schema, with_fm_logit)
     pending: list[pa.Table] = []
     pending_rows = 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from exfm_trainer.data.vocab import DEFAULT_VOCABULARY_THRESHOLD
 from exfm_trainer.data.windows import DataError
+from exfm_trainer.errors import report_error
 from exfm_trainer.jobs import DatasetRef
 from exfm_trainer.schema import FeatureSchema
 
@@ -22,6 +23,12 @@ VOCAB_HELP = (
     "Hashed categorical columns with at most this many distinct values get a vocabulary "
     "(one row per value, no collisions); 0: keep hashing every column."
 )
+
+
+def _os_error(err: OSError) -> str:
+    """An OS error of the storage as one line naming the path and the fix."""
+    where = f"{err.filename}: " if err.filename is not None else ""
+    return f"{where}{err.strerror or err}: the dataset root must be writable (check its path/permissions)"
 
 
 def _print_ref(ref: DatasetRef, extra: dict | None = None) -> None:
@@ -90,8 +97,9 @@ def main_synth(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         ref = generate(args.out, config, overwrite=args.overwrite)
     except (DataError, ValueError) as err:
-        print(f"exfm synth: {err}", file=sys.stderr)
-        return 2
+        return report_error("BadInputData", f"exfm synth: {err}", 2)
+    except OSError as err:
+        return report_error("StorageError", f"exfm synth: {_os_error(err)}", 1)
     _print_ref(ref, {"windows": config.windows, "seconds": round(time.perf_counter() - start, 3)})
     return 0
 
@@ -156,8 +164,9 @@ def main_import(argv: Sequence[str] | None = None) -> int:
                 vocabulary_threshold=args.vocabulary_threshold,
             )
     except (DataError, ValueError) as err:
-        print(f"exfm import: {err}", file=sys.stderr)
-        return 2
+        return report_error("BadInputData", f"exfm import: {err}", 2)
+    except OSError as err:
+        return report_error("StorageError", f"exfm import: {_os_error(err)}", 1)
     _print_ref(ref, {"rows_per_window": {str(k): v for k, v in rows.items()}})
     return 0
 

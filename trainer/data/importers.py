@@ -46,6 +46,118 @@ CRITEO_DENSE = [f"I{i}" for i in range(1, 14)]
 CRITEO_SPARSE = [f"C{i}" for i in range(1, 27)]
 CRITEO_COLUMNS = ["label", *CRITEO_DENSE, *CRITEO_SPARSE]
 BLOCK_BYTES = 16 << 20
+NAN_SPELLINGS = ("nan", "-nan", "+nan", "n/a", "na", "#n/a", "null", "none", "nil", "-")
+"""Dense text values (case-insensitive) that mean "not a number": kept as NaN, counted ``nan_dense``."""
+_NUMBER = r"^[+-]?(([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?|inf|infinity)$"
+
+
+class DenseParse:
+    """Dense text columns of one block parsed to float64, with the rows that are not numbers.
+
+    Empty text is a missing value (null, imputed as 0 by the trainer). A NaN spelling
+    (:data:`NAN_SPELLINGS`) becomes NaN: the row is kept and the trainer/DAS count it as
+    ``nan_dense``. Anything else unparsable (``'unknown'``) marks the row ``bad_dense``: the
+    importer drops it and records the count in the window's ``_SUCCESS``. ``examples`` holds the
+    first offending ``line N, column 'c': 'value'`` per reason.
+    """
+
+    def __init__(self, table: pa.Table, columns: list[str], first_line: int) -> None:
+        n = table.num_rows
+        self.nan = np.zeros(n, dtype=bool)
+        self.bad = np.zeros(n, dtype=bool)
+        self.examples: dict[str, tuple[int, str]] = {}
+        self.columns: dict[str, pa.Array] = {}
+        for name in columns:
+            col = table[name].combine_chunks() if isinstance(table[name], pa.ChunkedArray) else table[name]
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                self.columns[name] = pc.cast(col, pa.float64())  # Parquet: already numeric
+                continue
+            text = pc.utf8_trim_whitespace(col)
+            empty = pc.fill_null(pc.equal(text, ""), True)
+            nan = pc.and_(pc.invert(empty), pc.is_in(pc.utf8_lower(text), pa.array(NAN_SPELLINGS)))
+            number = pc.fill_null(pc.match_substring_regex(text, _NUMBER, ignore_case=True), False)
+            bad = pc.and_(pc.and_(pc.invert(empty), pc.invert(nan)), pc.invert(number))
+            values = pc.cast(pc.if_else(number, text, pa.scalar(None, pa.string())), pa.float64())
+            nan_np = pc.fill_null(nan, False).to_numpy(zero_copy_only=False)
+            bad_np = bad.to_numpy(zero_copy_only=False)
+            values = pc.if_else(pa.array(nan_np), pa.scalar(float("nan")), values)
+            self.columns[name] = values
+            for reason, mask in (("nan_dense", nan_np), ("bad_dense", bad_np)):
+                hits = np.flatnonzero(mask)
+                if hits.size:
+                    line = first_line + int(hits[0])
+                    if reason not in self.examples or line < self.examples[reason][0]:
+                        value = text[int(hits[0])].as_py()
+                        self.examples[reason] = (line, f"line {line}, column {name!r}: {value!r}")
+            self.nan |= nan_np
+            self.bad |= bad_np
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        """``table`` with the parsed dense columns."""
+        for name, values in self.columns.items():
+            table = table.set_column(table.schema.get_field_index(name), name, values)
+        return table
+
+
+class ImportStats:
+    """Rows the importer dropped or flagged, per window, with the first example of each reason."""
+
+    def __init__(self) -> None:
+        self.skipped: dict[int, dict[str, int]] = {}
+        self.examples: dict[int, dict[str, tuple[int, str]]] = {}
+
+    def add(self, window: int, reason: str, count: int, example: tuple[int, str] | None) -> None:
+        if count:
+            per = self.skipped.setdefault(window, {})
+            per[reason] = per.get(reason, 0) + count
+        if example is not None:
+            ex = self.examples.setdefault(window, {})
+            if reason not in ex or example[0] < ex[reason][0]:
+                ex[reason] = example
+
+    def summary(self, window: int) -> dict:
+        """Extra ``_SUCCESS`` fields of ``window``."""
+        out: dict = {}
+        if self.skipped.get(window):
+            out["import_skipped"] = dict(self.skipped[window])
+        if self.examples.get(window):
+            out["import_examples"] = {k: v[1] for k, v in self.examples[window].items()}
+        return out
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for per in self.skipped.values():
+            for k, v in per.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+
+def _split_rows(
+    table: pa.Table, wins: np.ndarray, dense: DenseParse, stats: ImportStats, first_line: int
+) -> Iterator[tuple[int, pa.Table]]:
+    """``(window, rows)`` of a parsed block: ``bad_dense`` rows dropped and counted per window, NaN
+    rows kept and their first line recorded."""
+    for reason, mask in (("bad_dense", dense.bad), ("nan_dense", dense.nan)):
+        if not mask.any():
+            continue
+        for w in np.unique(wins[mask]):
+            in_w = mask & (wins == w)
+            first = int(np.flatnonzero(in_w)[0])
+            example = dense.examples.get(reason)
+            text = example[1] if example is not None and example[0] == first_line + first else None
+            if text is None:  # the first hit in this window is in another column: name the line
+                text = f"line {first_line + first}"
+            stats.add(int(w), reason, int(in_w.sum()) if reason == "bad_dense" else 0,
+                      (first_line + first, text))  # fmt: skip
+    keep = ~dense.bad
+    table = dense.apply(table)
+    if not keep.all():
+        table, wins = table.filter(pa.array(keep)), wins[keep]
+    order = np.argsort(wins, kind="stable")
+    cuts = np.flatnonzero(np.diff(wins[order])) + 1
+    for idx in np.split(order, cuts):
+        if idx.size:
+            yield int(wins[idx[0]]), table.take(pa.array(idx))
 
 
 def criteo_schema(hash_buckets: int = 100_000, embedding_dim: int = 16) -> FeatureSchema:
@@ -97,6 +209,7 @@ class _Windower:
     def __init__(self, storage: Storage, rows_per_file: int, overwrite: bool) -> None:
         self.storage, self.rows_per_file, self.overwrite = storage, rows_per_file, overwrite
         self.writers: dict[int, WindowWriter] = {}
+        self.stats = ImportStats()
 
     def write(self, window: int, table: pa.Table) -> None:
         if window not in self.writers:
@@ -108,11 +221,16 @@ class _Windower:
 
         A gap already holding a ready window (an earlier import into the same root) is left alone.
         """
+        for w in set(self.stats.skipped) | set(self.stats.examples):
+            if w not in self.writers:  # every row of the window was dropped: keep its count
+                self.writers[w] = WindowWriter(self.storage, w, self.rows_per_file, self.overwrite)
         last = max(self.writers, default=-1)
         if fill_gaps:
             for w in range(last + 1):
                 if w not in self.writers and not is_window_ready(self.storage, w):
                     self.writers[w] = WindowWriter(self.storage, w, self.rows_per_file, self.overwrite)
+        for w, writer in self.writers.items():
+            writer.extra = self.stats.summary(w)
         return {w: self.writers[w].close() for w in sorted(self.writers)}
 
     def abort(self) -> None:
@@ -147,7 +265,7 @@ def import_criteo(
     counter = VocabularyCounter(declared, vocabulary_threshold)
     types = {
         "label": pa.float64(),
-        **dict.fromkeys(CRITEO_DENSE, pa.float64()),
+        **dict.fromkeys(CRITEO_DENSE, pa.string()),  # parsed by DenseParse: bad values are counted rows
         **dict.fromkeys(CRITEO_SPARSE, pa.string()),
     }
     windower = _Windower(storage, rows_per_file, overwrite)
@@ -166,12 +284,10 @@ def import_criteo(
                     if max_rows is not None:
                         table = table.slice(0, max(0, max_rows - row))
                     counter.update(table)
-                    offset = 0
-                    while offset < table.num_rows:
-                        w = (row + offset) // rows_per_window
-                        take = min((w + 1) * rows_per_window - (row + offset), table.num_rows - offset)
-                        windower.write(w, table.slice(offset, take))
-                        offset += take
+                    wins = (row + np.arange(table.num_rows, dtype=np.int64)) // rows_per_window
+                    dense = DenseParse(table, CRITEO_DENSE, first_line=row + 1)
+                    for w, part in _split_rows(table, wins, dense, windower.stats, row + 1):
+                        windower.write(w, part)
                     row += table.num_rows
                     if max_rows is not None and row >= max_rows:
                         break
@@ -186,7 +302,15 @@ def import_criteo(
     schema, schema_info = _schema_info(declared, counter)
     write_dataset_info(
         storage,
-        {"source": os.fspath(src), "importer": "criteo", "rows_per_window": rows_per_window, **schema_info},
+        {
+            "source": os.fspath(src),
+            "importer": "criteo",
+            "rows_per_window": rows_per_window,
+            **schema_info,
+            "last_window": max(rows, default=None),
+            "complete": True,
+            **({"import_skipped": windower.stats.totals()} if windower.stats.totals() else {}),
+        },
     )
     return _ref(out, schema), rows
 
@@ -295,7 +419,7 @@ def import_table(
     columns = list(dict.fromkeys([*schema.feature_columns(), ts_col]))
     types: dict[str, pa.DataType] = {
         schema.label: pa.float64(),
-        **dict.fromkeys(schema.dense, pa.float64()),
+        **dict.fromkeys(schema.dense, pa.string()),  # parsed by DenseParse: bad values are counted rows
         **dict.fromkeys(schema.sparse_names, pa.string()),
     }
     if schema.vertical:
@@ -306,6 +430,7 @@ def import_table(
         schema = adopt_vocabularies(schema, FeatureSchema.model_validate(prior["schema"]))
     counter = VocabularyCounter(schema, vocabulary_threshold)
     windower = _Windower(storage, rows_per_file, overwrite)
+    verticals: set[str] = set()
     try:
         with local_input(src) as path:
             kind = _detect_format(path, fmt)
@@ -334,6 +459,7 @@ def import_table(
                 if lo is None:
                     raise DataError(f"{src} holds no rows: nothing to import")
                 origin = lo // window_seconds * window_seconds
+            line = 1 if kind == "parquet" else 2  # CSV: line 1 is the header
             for table in _table_batches(path, kind, columns, types, block_bytes):
                 if table.num_rows == 0:
                     continue
@@ -343,14 +469,17 @@ def import_table(
                         f"{src} has rows before the origin {origin} (earliest {int(ts.min())}): "
                         "pass an earlier origin"
                     )
+                dense = DenseParse(table, schema.dense, first_line=line)
                 table = _normalise(table, schema, ts, multi_value_sep, kind)
                 counter.update(table)
+                if schema.vertical:
+                    verticals.update(
+                        str(v) for v in pc.unique(table[schema.vertical]).to_pylist() if v is not None
+                    )
                 wins = (ts - origin) // window_seconds
-                order = np.argsort(wins, kind="stable")
-                sorted_w = wins[order]
-                cuts = np.flatnonzero(np.diff(sorted_w)) + 1
-                for idx in np.split(order, cuts):
-                    windower.write(int(wins[idx[0]]), table.take(pa.array(idx)))
+                for w, part in _split_rows(table, wins, dense, windower.stats, line):
+                    windower.write(w, part)
+                line += table.num_rows
         rows = windower.close()
     except BaseException:
         windower.abort()
@@ -366,6 +495,10 @@ def import_table(
             "declared_schema": declared.model_dump(mode="json"),
             **schema_info,
             "vocabularies_kept_from": prior.get("schema_fingerprint") if declared != schema else None,
+            "last_window": max(rows, default=None),
+            "complete": True,
+            **({"verticals": sorted(verticals)} if schema.vertical else {}),
+            **({"import_skipped": windower.stats.totals()} if windower.stats.totals() else {}),
         },
     )
     return _ref(out, stored), rows

@@ -1,7 +1,9 @@
 """Windowed Parquet datasets: ``<root>/window=NNNNN/part-NNNNN.parquet`` plus a ready marker.
 
 A window is *ready* when it carries ``_SUCCESS`` (written last by :func:`write_window`) or the
-commit protocol's ``_COMMITTED`` marker (DAS outputs). Readers never look at a window without a
+commit protocol's ``_COMMITTED`` marker (DAS outputs). Both are the window's manifest: rows and
+``files`` (size + sha256 of each part), checked while reading — a damaged part is a DataError
+naming the file, never silently trained on. Readers never look at a window without a
 marker. Every access goes through :class:`~exfm_trainer.storage.Storage`, so the same code reads
 local paths and ``s3://`` URIs; on S3 one part file at a time is downloaded to a temp file.
 No torch import here.
@@ -10,6 +12,7 @@ No torch import here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -22,7 +25,7 @@ import pyarrow.parquet as pq
 
 from exfm_trainer.layout import DATA_SUCCESS, parse_window_dir, window_dir
 from exfm_trainer.storage import Storage, open_storage
-from exfm_trainer.storage.commit import COMMITTED
+from exfm_trainer.storage.commit import COMMITTED, MANIFEST
 
 DEFAULT_ROWS_PER_FILE = 250_000
 DATASET_INFO = "dataset.json"
@@ -68,6 +71,44 @@ def window_parts(storage: Storage, window: int) -> list[str]:
         )
     keys = storage.list(wdir + "/")
     return [k for k in keys if k.endswith(".parquet") and not k.rsplit("/", 1)[-1].startswith(("_", "."))]
+
+
+def window_summary(storage: Storage, window: int) -> dict:
+    """The ready window's summary: ``_SUCCESS`` (import/synthetic windows) or ``MANIFEST.json`` (DAS
+    outputs); ``{}`` when it holds none (an older writer) or is unreadable."""
+    wdir = window_dir(window)
+    for marker in (DATA_SUCCESS, MANIFEST):
+        key = f"{wdir}/{marker}"
+        if storage.exists(key):
+            with contextlib.suppress(ValueError, TypeError, FileNotFoundError):
+                data = json.loads(storage.get_bytes(key) or b"{}")
+                if isinstance(data, dict):
+                    return data
+    return {}
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """Hex sha256 and size of a local file, streamed in 8 MiB chunks."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(8 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def verify_part(path: Path, expected: dict | None, uri: str) -> None:
+    """Raise DataError when a part's size or sha256 differs from its window manifest's entry."""
+    if not expected or "sha256" not in expected:
+        return  # written before checksums were recorded
+    sha, size = file_digest(path)
+    if sha != expected["sha256"] or ("size" in expected and size != int(expected["size"])):
+        raise DataError(
+            f"{uri} does not match the checksum recorded when its window was written ({size} bytes, "
+            f"sha256 {sha[:12]}…; recorded {expected.get('size')} bytes, sha256 "
+            f"{str(expected['sha256'])[:12]}…): the file is damaged; rewrite the window (re-run the "
+            "import/DAS for it). Nothing was trained on it."
+        )
 
 
 @contextlib.contextmanager
@@ -146,10 +187,14 @@ def _iter_part(
     columns: Sequence[str] | None,
     batch_size: int,
     row_range: tuple[int, int] | None,
+    expected: dict | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Batches of one part, optionally only rows ``[lo, hi)`` of it (row groups outside skipped)."""
+    """Batches of one part, optionally only rows ``[lo, hi)`` of it (row groups outside skipped).
+
+    ``expected`` (``{"size", "sha256"}`` from the window's manifest) is checked before any row is read."""
     uri = storage.uri(key)
     with _local_file(storage, key) as path:
+        verify_part(path, expected, uri)
         pf = _open_parquet(path, uri)
         _check_columns(pf, columns, uri)
         groups = list(range(pf.metadata.num_row_groups))
@@ -211,9 +256,16 @@ def iter_record_batches(
     """
     storage = as_storage(uri)
     cols = list(columns) if columns is not None else None
+    files = window_summary(storage, window).get("files") or {}
+    prefix = window_dir(window) + "/"
+
+    def expected(key: str) -> dict | None:
+        entry = files.get(key.removeprefix(prefix)) if isinstance(files, dict) else None
+        return entry if isinstance(entry, dict) else None
+
     if world_size == 1:
         for key in window_parts(storage, window):
-            yield from _iter_part(storage, key, cols, batch_size, None)
+            yield from _iter_part(storage, key, cols, batch_size, None, expected(key))
         return
     info = window_info(storage, window)
     lo, hi = rank_row_range(info.rows, rank, world_size)
@@ -222,7 +274,7 @@ def iter_record_batches(
         end = start + part.rows
         if end > lo and start < hi:
             span = (max(lo, start) - start, min(hi, end) - start)
-            yield from _iter_part(storage, part.key, cols, batch_size, span)
+            yield from _iter_part(storage, part.key, cols, batch_size, span, expected(part.key))
         start = end
 
 
@@ -260,6 +312,8 @@ class WindowWriter:
         self._path: Path | None = None
         self._file_rows = 0
         self.parts: dict[str, int] = {}
+        self.files: dict[str, dict[str, int | str]] = {}
+        self.extra: dict = {}  # more summary fields (e.g. the importer's skipped rows)
         self.closed = False
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
@@ -294,8 +348,10 @@ class WindowWriter:
     def _flush_part(self) -> None:
         assert self._writer is not None and self._path is not None
         self._writer.close()
+        sha, size = file_digest(self._path)
         self.storage.put_file(f"{self.prefix}/{self._path.name}", self._path)
         self.parts[self._path.name] = self._file_rows
+        self.files[self._path.name] = {"size": size, "sha256": sha}
         self._path.unlink()
         self._writer, self._path = None, None
 
@@ -311,7 +367,13 @@ class WindowWriter:
             self._writer.write_table(self._schema.empty_table())
             self._flush_part()
         rows = sum(self.parts.values())
-        summary = {"rows": rows, "parts": self.parts, "columns": self._schema.names if self._schema else []}
+        summary = {
+            **self.extra,
+            "rows": rows,
+            "parts": self.parts,
+            "files": self.files,
+            "columns": self._schema.names if self._schema else [],
+        }
         self.storage.put_bytes(f"{self.prefix}/{DATA_SUCCESS}", json.dumps(summary, indent=1).encode())
         self.closed = True
         self._tmp.cleanup()

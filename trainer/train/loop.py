@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torchrec import KeyedJaggedTensor
 
 from exfm_trainer import layout
 from exfm_trainer.data.batches import Batch, RowStats, check_bad_fraction, iter_batches
-from exfm_trainer.data.windows import DataError, iter_record_batches, list_ready_windows
+from exfm_trainer.data.windows import DataError, iter_record_batches, list_ready_windows, window_info
 from exfm_trainer.jobs import FMTrainJob, VMTrainJob
 from exfm_trainer.models.adapter import AdapterTrainer
 from exfm_trainer.models.checkpoint import (
@@ -187,6 +189,7 @@ class StreamingTrainer:
             world_size=self.ctx.world_size,
             device=str(self.ctx.device),
         )
+        self.check_input(todo)
         since_ckpt = 0
         for i, window in enumerate(todo):
             metrics = self.process_window(window)
@@ -208,6 +211,37 @@ class StreamingTrainer:
             last_window=max(self.windows) if self.windows else None,
         )
         return result
+
+    def check_input(self, todo: list[int]) -> None:
+        """Fail before training when the job's windows hold no row for it (a misspelled vertical, an
+        empty dataset) and the model never trained on a row: no checkpoint or export of an untrained
+        model. Later empty chunks (gaps in a stream) are fine once the model has trained."""
+        if not todo or not set(self.windows) <= set(self.empty_windows):
+            return
+        uri, span = self.job.dataset.uri, f"windows [{todo[0]}, {todo[-1] + 1})"
+        vertical = self.job.vertical if isinstance(self.job, VMTrainJob) else None
+        column = self.schema.vertical
+        if vertical is None or not column:
+            if sum(window_info(uri, w).rows for w in todo) == 0:
+                raise DataError(
+                    f"no rows in {span} of {uri}: every window of the job is empty; check the dataset "
+                    "(its import or generator), or start spec.windows at the first window with data"
+                )
+            return
+        counts: dict[str, int] = {}
+        for w in todo:
+            for rb in iter_record_batches(uri, w, [column]):
+                vc = pc.value_counts(pc.cast(rb.column(0), pa.string()))
+                for value, n in zip(
+                    vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True
+                ):
+                    counts[str(value)] = counts.get(str(value), 0) + int(n)
+        if counts.get(vertical, 0) == 0:
+            present = ", ".join(sorted(counts)) if counts else "no rows at all"
+            raise DataError(
+                f"vertical {vertical!r} not in [{present}] (column {column!r} of {span} of {uri}): no row "
+                "of the job is of this vertical; fix spec.vertical of the VerticalModel"
+            )
 
     def _load_window(self, window: int) -> tuple[list[Batch], RowStats]:
         stats = RowStats()
@@ -237,6 +271,7 @@ class StreamingTrainer:
         (max_batches,) = D.all_reduce_ints([len(batches)], self.ctx, op="max")
         stats = RowStats(rows_read=counts[0], rows_used=counts[1])
         stats.skipped_by_reason = dict(zip(reasons, counts[2:], strict=True))
+        stats.examples = dict(local.examples)
         check_bad_fraction(stats, self.job.max_bad_row_fraction, window)
         used, skipped = stats.rows_used, stats.rows_skipped
         if used == 0:
