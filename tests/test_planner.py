@@ -286,6 +286,20 @@ def test_synthetic_dataset_schema_comes_from_the_generator():
     assert sub.config["dataset"]["schema"]["vertical"] == "vertical"
 
 
+def test_max_bad_row_fraction_is_a_manifest_field_mapped_to_every_job():
+    """Issue 11, items 4/5: the bad-row limit the job error names is settable in the manifests."""
+    f = fm({"training": {"maxBadRowFraction": 0.2}})
+    assert (
+        only_submit(plan_foundation_model(f, world(data_windows=(0,)))).config["max_bad_row_fraction"] == 0.2
+    )
+    d = das({"maxBadRowFraction": 0.3})
+    w = world(data_windows=(0, 1), fm_checkpoints=(ckpt(0),))
+    assert only_submit(plan_data_augmentation(d, fm(), w)).config["max_bad_row_fraction"] == 0.3
+    v = vm({"training": {"maxBadRowFraction": 0.05}})
+    sub = only_submit(plan_vertical_model(v, published_das("Running"), world(das_windows=(dwin(1, 0),))))
+    assert sub.config["max_bad_row_fraction"] == 0.05
+
+
 # ------------------------------------------------------------------ DataAugmentation
 
 
