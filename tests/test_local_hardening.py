@@ -151,7 +151,10 @@ def test_imports_into_one_root_are_serialised(tmp_path: Path) -> None:
     def task(name: str) -> DatasetTask:
         return DatasetTask(
             label=f"Dataset {name}", uri=root, source="import", import_path=tmp_path / name,
-            import_options={"window_seconds": 3600, "origin": None, "format": None}, schema=schema,
+            import_options={
+                "window_seconds": 3600, "origin": None, "format": None, "vocabulary_threshold": 1000,
+            },
+            schema=schema,
         )  # fmt: skip
 
     outcome: dict[str, str] = {}
