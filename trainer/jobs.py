@@ -65,7 +65,7 @@ class ArtifactRef(_Strict):
 class Optim(_Strict):
     """Optimizers: rowwise Adagrad (fused into the backward pass) for embeddings, Adam for the rest."""
 
-    embedding_lr: float = Field(default=0.05, gt=0, description="Rowwise Adagrad LR (fused TBE).")
+    embedding_lr: float = Field(default=0.02, gt=0, description="Rowwise Adagrad LR (fused TBE).")
     dense_lr: float | None = Field(
         default=None, gt=0, description="Adam LR of the dense layers; None takes the model preset's."
     )
