@@ -4,7 +4,8 @@
 
 Prints (and writes as JSON) generation time, CTR levels, traffic shares, user activity and ad
 popularity tails, churn, day-over-day drift of the true CTR, the Bayes NE, and what part of the
-Bayes gap each oracle closes. With ``--fm`` it trains those FM presets with the real ``fm-train``
+Bayes gap each oracle closes, and what drift alone costs a perfect but stale model (and what a
+logit-level adapter recovers of it). With ``--fm`` it trains those FM presets with the real ``fm-train``
 job (the study's ``ensure_fm``) on the stream and reports their progressive NE/AUC over the second
 half of the windows. The stream defaults to the ``quick`` study's shape (24 x 25k rows, 4 verticals).
 """
@@ -123,6 +124,54 @@ def oracle_ladder(cfg: SyntheticConfig) -> dict[str, float]:
     }
 
 
+def _platt(z: np.ndarray, y: np.ndarray, z_eval: np.ndarray) -> np.ndarray:
+    """``sigmoid(a z_eval + b)`` with (a, b) fitted on ``(z, y)`` by Newton steps (an affine adapter)."""
+    ab = np.array([1.0, 0.0])
+    x = np.stack([z, np.ones_like(z)], axis=1)
+    for _ in range(25):
+        p = 1 / (1 + np.exp(-(x @ ab)))
+        h = x.T @ (x * (p * (1 - p))[:, None]) + 1e-6 * np.eye(2)
+        ab = ab - np.linalg.solve(h, x.T @ (p - y))
+    return 1 / (1 + np.exp(-(ab[0] * z_eval + ab[1])))
+
+
+def staleness_oracle(
+    cfg: SyntheticConfig, levels: tuple[int, ...] = (1, 2, 4)
+) -> dict[str, dict[str, float]]:
+    """What drift alone costs a perfect but ``k``-window-stale model, and what a per-vertical affine
+    (Platt) adapter on its logit recovers (fitted on half of the window's rows, scored on the other
+    half). Windows from the second third on, averaged over windows and verticals."""
+    world = World(cfg)
+    world.calibrate(world.logit(0, world.sample(0)))
+    drift = (world.level, world.level_vert, world.level_cluster)
+    out: dict[int, list[tuple[float, float]]] = {k: [] for k in levels}
+    for w in range(max(max(levels), cfg.windows // 3), cfg.windows):
+        r = world.sample(w)
+        p = world.prob(world.logit(w, r))
+        y = (np.random.default_rng([cfg.seed, 98, w]).random(len(p)) < p).astype(np.float64)
+        half = np.arange(len(y)) % 2 == 0
+        for k in levels:
+            saved = [a[w].copy() for a in drift]
+            for a in drift:
+                a[w] = a[w - k]
+            ps = np.clip(world.prob(world.logit(w, r)), 1e-7, 1 - 1e-7)
+            for a, s in zip(drift, saved, strict=True):
+                a[w] = s
+            z = np.log(ps / (1 - ps))
+            for v in range(len(cfg.vertical_names)):
+                fit, ev = half & (r.vert == v), ~half & (r.vert == v)
+                fresh = normalized_entropy(p[ev], y[ev])
+                stale = normalized_entropy(ps[ev], y[ev])
+                adapted = normalized_entropy(_platt(z[fit], y[fit], z[ev]), y[ev])
+                if None not in (fresh, stale, adapted):
+                    out[k].append((stale - fresh, stale - adapted))
+    res = {}
+    for k, pairs in out.items():
+        loss, gain = np.array(pairs).mean(axis=0)
+        res[str(k)] = {"ne_loss_pts": float(100 * loss), "adapter_recovers": float(gain / loss)}
+    return res
+
+
 def fm_sizes(cfg: SyntheticConfig, sizes: list[str], out: Path) -> dict[str, dict[str, float]]:
     """Progressive NE/AUC (second half) of the FM presets trained by the real ``fm-train`` job."""
     from exfm_trainer import study
@@ -156,6 +205,8 @@ def main() -> None:
     print(json.dumps(res["stream"], indent=1), flush=True)
     res["oracles"] = oracle_ladder(cfg)
     print(json.dumps(res["oracles"], indent=1), flush=True)
+    res["staleness_oracle"] = staleness_oracle(cfg)
+    print(json.dumps(res["staleness_oracle"], indent=1), flush=True)
     if args.fm:
         with tempfile.TemporaryDirectory() as tmp:
             res["fm"] = fm_sizes(cfg, args.fm.split(","), args.out or Path(tmp))
