@@ -50,7 +50,7 @@ VERTICAL_NAMES = ("feed", "video", "search", "shop", "news", "games", "travel", 
 GENERATOR = "exfm-synthetic/2"
 """Written into dataset.json; a dataset by another generator version is not reused."""
 IMPRESSIONS_PER_USER = 300
-"""Default users: total rows / this (hundreds of impressions per user over the stream)."""
+"""Default users: every user ever seen gets this many impressions on average over the stream."""
 
 
 class SyntheticConfig(BaseModel):
@@ -66,7 +66,8 @@ class SyntheticConfig(BaseModel):
     users: int | None = Field(
         default=None,
         ge=1,
-        description=f"Users alive at window 0 (default: windows*rows_per_window/{IMPRESSIONS_PER_USER}).",
+        description=f"Users alive at window 0 (default: {IMPRESSIONS_PER_USER} impressions per user "
+        "over the stream, newborns included).",
     )
     user_activity_sigma: float = Field(
         default=1.0, ge=0, description="Log-normal sigma of per-user activity (heavy-tailed users)."
@@ -152,7 +153,10 @@ class SyntheticConfig(BaseModel):
 
     @property
     def initial_users(self) -> int:
-        return self.users or max(100, self.windows * self.rows_per_window // IMPRESSIONS_PER_USER)
+        if self.users:
+            return self.users
+        rows = self.windows * self.rows_per_window
+        return max(100, round(rows / IMPRESSIONS_PER_USER / (1 + self.user_churn * (self.windows - 1))))
 
     @property
     def total_users(self) -> int:
