@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     schema_json = args.schema.read_text() if args.schema else None
     das_json = None if args.no_das else args.das_json
     sys.path.insert(0, str(REPO / "bench"))
-    from exfm_trainer.study_report import write_bench_outputs
+    from exfm_trainer.study_report import dump_json, write_bench_outputs
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else None
     kw = {"dataset": args.dataset, "schema_json": schema_json, "window_seconds": args.window_seconds}
@@ -380,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="exfm-study-bench-") as tmp:
             result = run(name, args.workers, seeds, data_seeds, das_json, Path(tmp), **kw)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    paths = write_bench_outputs(result, args.out)
+    args.json.write_text(dump_json(result))
+    paths = write_bench_outputs(
+        json.loads(dump_json(result)), args.out
+    )  # the report reads what the JSON says
     print(json.dumps({"json": str(args.json), **paths, "wall_s": round(result["wall_s"], 1)}))
     return 0
 

@@ -396,7 +396,9 @@ def fm_vertical_quality(aug: DatasetRef, windows: Sequence[int], verticals: Sequ
 
     schema = aug.feature_schema
     cols = [schema.label, schema.vertical or schema.label, layout.FM_LOGIT_COLUMN]
-    out: dict[str, dict[str, list]] = {v: {"windows": [], "ne": [], "auc": []} for v in verticals}
+    out: dict[str, dict[str, list]] = {
+        v: {"windows": [], "ne": [], "auc": [], "base_rate": []} for v in verticals
+    }
     for w in windows:
         ys, zs, vs = [], [], []
         for rb in iter_record_batches(aug.uri, w, cols):
@@ -410,6 +412,7 @@ def fm_vertical_quality(aug: DatasetRef, windows: Sequence[int], verticals: Sequ
             out[name]["windows"].append(w)
             out[name]["ne"].append(normalized_entropy(p, y[m]) if m.any() else None)
             out[name]["auc"].append(auc(p, y[m]) if m.any() else None)
+            out[name]["base_rate"].append(float(y[m].mean()) if m.any() else None)
     return {name: with_second_half(c) for name, c in out.items()}
 
 
