@@ -170,3 +170,17 @@ def test_bench_tiny_json_has_every_section(tmp_path: Path) -> None:
     for name in ("study_bench_tiny.md", "study_bench_tiny_gains.png", "study_bench_tiny_staleness.png"):
         assert (tmp_path / "md" / name).exists()
     assert "Paired gains vs none" in (tmp_path / "md" / "study_bench_tiny.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_vm_reports_the_stored_windows(tmp_path: Path) -> None:
+    """Re-running a study in the same folder resumes each VM; its curve still covers every window."""
+    preset = study.get_preset("tiny")
+    preset.synthetic.windows = 4
+    run = study.prepare(tmp_path, preset)
+    study.ensure_fm(run, "tiny", 0)
+    aug = study.ensure_das(run, "tiny", 0, 1, 2)
+    first = study.train_vm(run.store, aug, "vm-x", run.verticals[0], "aux", preset, 2, 0)
+    again = study.train_vm(run.store, aug, "vm-x", run.verticals[0], "aux", preset, 2, 0)
+    assert [m.window for m in first] == [m.window for m in again] == [2, 3]
+    assert [m.ne for m in again] == [m.ne for m in first]

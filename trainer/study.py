@@ -327,7 +327,33 @@ def train_vm(
         export=export,
         **student_features(preset, aug),
     )
-    return run_training(job, out=None).metrics
+    result = run_training(job, out=None)
+    if result.resumed_from is None:
+        return result.metrics
+    return stored_metrics(store, "vm", name, start, end, result.metrics)
+
+
+def stored_metrics(
+    store: str,
+    kind: str,
+    name: str,
+    start: int,
+    end: int | None,
+    fresh: Sequence[layout.WindowMetrics] = (),
+) -> list[layout.WindowMetrics]:
+    """A resumed job's metrics: the stored per-window files of ``[start, end)`` plus ``fresh``
+    (so re-running a study with the same ``--work`` folder picks up where it stopped)."""
+    from exfm_trainer.storage import open_storage
+
+    st = open_storage(store)
+    prefix = f"{layout.model_root(kind, NS, name)}/metrics/"  # type: ignore[arg-type]
+    by_window = {}
+    for key in st.list(prefix):
+        m = layout.WindowMetrics.model_validate_json(st.get_bytes(key))
+        if m.window >= start and (end is None or m.window < end):
+            by_window[m.window] = m
+    by_window.update({m.window: m for m in fresh})
+    return [by_window[w] for w in sorted(by_window)]
 
 
 def student_features(preset: StudyPreset, aug: DatasetRef) -> dict[str, Any]:
