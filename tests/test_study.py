@@ -184,3 +184,10 @@ def test_a_rerun_vm_reports_the_stored_windows(tmp_path: Path) -> None:
     again = study.train_vm(run.store, aug, "vm-x", run.verticals[0], "aux", preset, 2, 0)
     assert [m.window for m in first] == [m.window for m in again] == [2, 3]
     assert [m.ne for m in again] == [m.ne for m in first]
+
+
+def test_kd_keeps_the_served_head_calibrated() -> None:
+    cfg = study.DistillConfig(alpha=4.0, weight=2.0)
+    assert cfg.for_mode("kd").alpha == 1.0 and cfg.for_mode("kd").weight == 2.0
+    assert cfg.for_mode("aux").alpha == cfg.for_mode("aux_sa").alpha == 4.0
+    assert cfg.for_mode("aux_sa").adapter and not cfg.for_mode("aux").adapter

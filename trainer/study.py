@@ -44,7 +44,8 @@ NS = "study"
 
 
 class DistillConfig(BaseModel):
-    """Distillation knobs shared by the kd / aux / aux_sa variants."""
+    """Distillation knobs shared by the kd / aux / aux_sa variants (kd keeps alpha = 1: its target
+    trains the served head, where a scaled label would miscalibrate the predictions)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -60,10 +61,13 @@ class DistillConfig(BaseModel):
         """The job's :class:`Distillation` of one study variant."""
         if mode not in MODES:
             raise ValueError(f"unknown study mode {mode!r}; choose one of {MODES}")
+        knobs = self.model_dump()
+        if mode == "kd":  # kd distills into the served head: a scaled target would bias what is served
+            knobs["alpha"] = 1.0
         return Distillation(
             mode=mode.removesuffix("_sa"),  # type: ignore[arg-type]
             adapter=mode.endswith("_sa"),
-            **self.model_dump(),
+            **knobs,
         )
 
 
