@@ -412,7 +412,16 @@ def serving_lines(res: dict[str, Any]) -> list[str]:
 def goals_lines(res: dict[str, Any]) -> list[str]:
     """The issue's acceptance goals, met or not on this run."""
     goals = res.get("goals") or {}
-    rows = [[name.replace("_", " "), "yes" if g["met"] else "**no**"] for name, g in goals.items()]
+    labels = {
+        "aux_sa_ci_lower_above_0_every_vertical": "aux+adapter: 95 % CI lower bound > 0 on every vertical",
+        "aux_mean_at_least_kd_every_vertical": "aux >= kd (mean gain) on every vertical",
+        "recovered_at_least_0.3_ci_lower_above_0_at_k1_k2": "recovered >= 0.3, CI lower > 0 at k = 1, 2",
+        "no_significant_adapter_loss_at_any_k": "no significant adapter loss at any staleness k",
+        "fm_ne_strictly_decreasing_with_size": "FM NE strictly decreasing small -> large",
+        "vm_gain_non_decreasing_with_fm_size": "VM gain non-decreasing with FM size",
+        "no_collapses": "collapses = 0",
+    }
+    rows = [[labels.get(name, name), "yes" if g["met"] else "**no**"] for name, g in goals.items()]
     return md_table(["goal", "met"], rows) if rows else []
 
 
