@@ -2,14 +2,15 @@
 
 Per **data seed** ``d`` (the synthetic stream regenerated with seed ``preset.synthetic.seed + d``;
 an imported dataset has one data seed) the study trains **one FM per size**, seeded ``d``, and runs
-one DAS per (FM size, staleness, first VM window). Those are shared by every model seed and mode:
-the FM is the fixed teacher of that stream, and reseeding it per model seed would confound the
-paired comparison (all modes of one model seed must see the same teacher) while multiplying the
-most expensive step; the FM's own seed variance is sampled through the data seeds.
+one DAS per (FM size, staleness, first VM window). Those are shared by every model seed and mode,
+so all runs of a data seed learn from the same teacher. Reseeding the FM per model seed would keep
+the modes paired too, but would multiply the most expensive steps (FM training, DAS) by the number
+of model seeds; the FM's own seed variance is sampled through the data seeds instead.
 
 Per data seed and **model seed** ``s`` the VMs (seed ``s``) of each vertical are trained:
 
-- ``ablation``: FM ``preset.fm_preset`` 1 window stale, modes none / kd / aux / aux_sa;
+- ``ablation``: FM ``preset.fm_preset``, ``preset.staleness`` (1) window stale, modes none / kd /
+  aux / aux_sa (kd keeps alpha = 1: it distills into the served head);
 - ``staleness``: FM 0, 1, 2, 4 windows stale: aux and aux_sa per level;
 - ``scaling``: the medium and large FMs, aux_sa (small = the ablation's aux_sa, same none).
 
