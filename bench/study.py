@@ -111,21 +111,25 @@ def _fm_serving_module(store: str, prefix: str) -> Any:
     return torch.jit.script(module), fm
 
 
-def _latency(modules: dict[str, Any], inputs: dict[int, tuple], iters: dict[int, int]) -> dict[str, Any]:
-    """p50/p99 ms per module and batch size; calls alternate between modules (A, B, C, A, B, C...)
-    so load from other processes hits every module alike."""
+def _latency(
+    modules: dict[str, Any], inputs: dict[str, dict[int, tuple]], iters: dict[int, int]
+) -> dict[str, Any]:
+    """p50/p99 ms per module and batch size (``inputs[module][batch]``: each module gets the
+    columns of its own schema); calls alternate between modules (A, B, C, A, B, C...) so load from
+    other processes hits every module alike."""
     import numpy as np
     import torch
 
     res: dict[str, dict[str, dict[str, float]]] = {k: {} for k in modules}
     with torch.no_grad():
-        for b, args in inputs.items():
+        for b in BATCHES:
             times: dict[str, list[float]] = {k: [] for k in modules}
             keys = list(modules)
             for i in range(iters[b] + 5):
                 # rotate the call order each round: no module always runs right after another's cache churn
                 for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
                     mod = modules[key]
+                    args = inputs[key][b]
                     t = time.perf_counter()
                     mod(*args)
                     if i >= 5:  # warm-up calls are not timed
@@ -152,12 +156,19 @@ def serving_bench(run: Any, plan: Any) -> dict[str, Any]:
     torch.set_num_threads(1)
     st = open_storage(run.store)
     quick = plan.preset.name
-    batch = next(iter_batches(run.ref, run.windows[-1], max(BATCHES)))
-    inputs: dict[int, tuple] = {}
-    for b in BATCHES:
-        kjt = batch.sparse
-        sub = _slice_kjt(kjt, b)
-        inputs[b] = (batch.dense[:b].float(), sub.values(), sub.lengths())
+
+    def batch_inputs(schema: Any) -> tuple[Any, dict[int, tuple]]:
+        """A batch of the last window with ``schema``'s columns, sliced to each batch size."""
+        ref = run.ref.model_copy(update={"feature_schema": schema})
+        batch = next(iter_batches(ref, run.windows[-1], max(BATCHES)))
+        return batch, {
+            b: (batch.dense[:b].float(), sub.values(), sub.lengths())
+            for b in BATCHES
+            for sub in [_slice_kjt(batch.sparse, b)]
+        }
+
+    batch, fm_inputs = batch_inputs(run.ref.feature_schema)
+    inputs: dict[str, dict[int, tuple]] = {"fm": fm_inputs}
     iters = {1: 1000, 64: 500, 512: 200} if quick == "bench-quick" else {1: 3000, 64: 1500, 512: 500}
     if quick == "tiny":
         iters = {1: 10, 64: 5, 512: 3}
@@ -166,9 +177,10 @@ def serving_bench(run: Any, plan: Any) -> dict[str, Any]:
     exports = {m: f"vm-ab-d{d0}-s{s0}-{v0}-{m}" for m in ("none", "aux_sa")}
     for mode, name in exports.items():
         version = latest_version(st, f"{layout.model_root('vm', NS, name)}/serving")
-        modules["baseline_vm" if mode == "none" else "exfm_vm"] = load_serving(
-            st, layout.vm_serving(NS, name, version)
-        ).module
+        key = "baseline_vm" if mode == "none" else "exfm_vm"
+        pred = load_serving(st, layout.vm_serving(NS, name, version))
+        modules[key] = pred.module
+        inputs[key] = batch_inputs(pred.schema)[1]  # the student's serving budget (its own columns)
     fm_version = layout.version_name(run.windows[-1])
     modules["fm"], fm_model = _fm_serving_module(
         run.store, layout.fm_checkpoint(NS, fm_name(run.preset.fm_preset, plan.data_seeds[0]), fm_version)
@@ -369,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     schema_json = args.schema.read_text() if args.schema else None
     das_json = None if args.no_das else args.das_json
     sys.path.insert(0, str(REPO / "bench"))
-    from exfm_trainer.study_report import write_bench_outputs
+    from exfm_trainer.study_report import dump_json, write_bench_outputs
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else None
     kw = {"dataset": args.dataset, "schema_json": schema_json, "window_seconds": args.window_seconds}
@@ -380,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="exfm-study-bench-") as tmp:
             result = run(name, args.workers, seeds, data_seeds, das_json, Path(tmp), **kw)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    paths = write_bench_outputs(result, args.out)
+    args.json.write_text(dump_json(result))
+    paths = write_bench_outputs(
+        json.loads(dump_json(result)), args.out
+    )  # the report reads what the JSON says
     print(json.dumps({"json": str(args.json), **paths, "wall_s": round(result["wall_s"], 1)}))
     return 0
 

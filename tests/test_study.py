@@ -170,3 +170,24 @@ def test_bench_tiny_json_has_every_section(tmp_path: Path) -> None:
     for name in ("study_bench_tiny.md", "study_bench_tiny_gains.png", "study_bench_tiny_staleness.png"):
         assert (tmp_path / "md" / name).exists()
     assert "Paired gains vs none" in (tmp_path / "md" / "study_bench_tiny.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_vm_reports_the_stored_windows(tmp_path: Path) -> None:
+    """Re-running a study in the same folder resumes each VM; its curve still covers every window."""
+    preset = study.get_preset("tiny")
+    preset.synthetic.windows = 4
+    run = study.prepare(tmp_path, preset)
+    study.ensure_fm(run, "tiny", 0)
+    aug = study.ensure_das(run, "tiny", 0, 1, 2)
+    first = study.train_vm(run.store, aug, "vm-x", run.verticals[0], "aux", preset, 2, 0)
+    again = study.train_vm(run.store, aug, "vm-x", run.verticals[0], "aux", preset, 2, 0)
+    assert [m.window for m in first] == [m.window for m in again] == [2, 3]
+    assert [m.ne for m in again] == [m.ne for m in first]
+
+
+def test_kd_keeps_the_served_head_calibrated() -> None:
+    cfg = study.DistillConfig(alpha=4.0, weight=2.0)
+    assert cfg.for_mode("kd").alpha == 1.0 and cfg.for_mode("kd").weight == 2.0
+    assert cfg.for_mode("aux").alpha == cfg.for_mode("aux_sa").alpha == 4.0
+    assert cfg.for_mode("aux_sa").adapter and not cfg.for_mode("aux").adapter

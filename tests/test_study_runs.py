@@ -87,10 +87,14 @@ def _fake(task: Task) -> Any:
     if kind == "das":
         lag, start = int(rest[2].removeprefix("lag")), int(rest[3].removeprefix("from"))
         teacher = {v: _curve(start, 10, lambda w, lag=lag: 0.96 + 0.01 * lag) for v in VERTICALS}
+        for c in teacher.values():
+            c["base_rate"] = [0.2] * len(c["windows"])  # alpha 4 saturates the target: skipped
         return lambda *a: {"aug": None, "teacher": teacher}
     if kind == "tune":
 
         def tune(data, das, name, v, mode, override=None, start=0, seed=0, export=False, end=None):
+            if override and study_runs.resolve_override(override)["alpha"] == 4.0:
+                return study_runs.t_tune_vm(data, das, name, v, mode, override, start, seed, export, end)
             cfg = study_runs.resolve_override(override) if override else {}
             score = 1.0 - 0.01 * (cfg.get("alpha") == 2.0) - 0.004 * (cfg.get("weight") == 0.5)
             score -= 0.003 * (cfg.get("adapter_share") == 0.75)
@@ -169,6 +173,9 @@ def test_planted_study_gives_every_acceptance_key(tmp_path: Path) -> None:
     )  # every trained distilled run once (tiny FM: 3 scaling sizes)
     assert [r["param"] for r in sel["rounds"]] == ["alpha", "beta", "weight", "adapter_share"]
     assert [len(r["tried"]) for r in sel["rounds"]] == [3, 1, 2, 3]
+    alpha4 = sel["rounds"][0]["tried"][2]
+    assert alpha4["config"]["alpha"] == 4.0 and alpha4["score"] == float("inf")
+    assert len(alpha4["skipped"]) == 2 and "saturates" in alpha4["skipped"][0]
 
 
 def test_selection_feeds_every_distilled_run(tmp_path: Path) -> None:

@@ -112,3 +112,10 @@ def test_significance_and_collapses() -> None:
     n, bad = S.collapses(runs)
     assert n == 1 and [b["id"] for b in bad] == ["collapsed"]
     assert S.outliers({"0": 0.89, "1": 0.891, "2": 0.98, "3": 0.889}) == ["2"]
+
+
+def test_a_zero_denominator_gives_nan_not_an_error() -> None:
+    same = _cell([[[0.9, 0.9], [0.9, 0.9]]])
+    r = S.recovery_ci(same, _cell([[[0.8, 0.8], [0.8, 0.8]]]), same)
+    assert math.isinf(r["recovered"]) and r["staleness_cost_ne"] == 0.0
+    assert all(math.isnan(x) for x in r["ci95"]) and r["nonfinite_replicates"] == S.N_BOOT

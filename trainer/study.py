@@ -44,7 +44,8 @@ NS = "study"
 
 
 class DistillConfig(BaseModel):
-    """Distillation knobs shared by the kd / aux / aux_sa variants."""
+    """Distillation knobs shared by the kd / aux / aux_sa variants (kd keeps alpha = 1: its target
+    trains the served head, where a scaled label would miscalibrate the predictions)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -60,10 +61,13 @@ class DistillConfig(BaseModel):
         """The job's :class:`Distillation` of one study variant."""
         if mode not in MODES:
             raise ValueError(f"unknown study mode {mode!r}; choose one of {MODES}")
+        knobs = self.model_dump()
+        if mode == "kd":  # kd distills into the served head: a scaled target would bias what is served
+            knobs["alpha"] = 1.0
         return Distillation(
             mode=mode.removesuffix("_sa"),  # type: ignore[arg-type]
             adapter=mode.endswith("_sa"),
-            **self.model_dump(),
+            **knobs,
         )
 
 
@@ -327,7 +331,33 @@ def train_vm(
         export=export,
         **student_features(preset, aug),
     )
-    return run_training(job, out=None).metrics
+    result = run_training(job, out=None)
+    if result.resumed_from is None:
+        return result.metrics
+    return stored_metrics(store, "vm", name, start, end, result.metrics)
+
+
+def stored_metrics(
+    store: str,
+    kind: str,
+    name: str,
+    start: int,
+    end: int | None,
+    fresh: Sequence[layout.WindowMetrics] = (),
+) -> list[layout.WindowMetrics]:
+    """A resumed job's metrics: the stored per-window files of ``[start, end)`` plus ``fresh``
+    (so re-running a study with the same ``--work`` folder picks up where it stopped)."""
+    from exfm_trainer.storage import open_storage
+
+    st = open_storage(store)
+    prefix = f"{layout.model_root(kind, NS, name)}/metrics/"  # type: ignore[arg-type]
+    by_window = {}
+    for key in st.list(prefix):
+        m = layout.WindowMetrics.model_validate_json(st.get_bytes(key))
+        if m.window >= start and (end is None or m.window < end):
+            by_window[m.window] = m
+    by_window.update({m.window: m for m in fresh})
+    return [by_window[w] for w in sorted(by_window)]
 
 
 def student_features(preset: StudyPreset, aug: DatasetRef) -> dict[str, Any]:
@@ -396,7 +426,9 @@ def fm_vertical_quality(aug: DatasetRef, windows: Sequence[int], verticals: Sequ
 
     schema = aug.feature_schema
     cols = [schema.label, schema.vertical or schema.label, layout.FM_LOGIT_COLUMN]
-    out: dict[str, dict[str, list]] = {v: {"windows": [], "ne": [], "auc": []} for v in verticals}
+    out: dict[str, dict[str, list]] = {
+        v: {"windows": [], "ne": [], "auc": [], "base_rate": []} for v in verticals
+    }
     for w in windows:
         ys, zs, vs = [], [], []
         for rb in iter_record_batches(aug.uri, w, cols):
@@ -410,6 +442,7 @@ def fm_vertical_quality(aug: DatasetRef, windows: Sequence[int], verticals: Sequ
             out[name]["windows"].append(w)
             out[name]["ne"].append(normalized_entropy(p, y[m]) if m.any() else None)
             out[name]["auc"].append(auc(p, y[m]) if m.any() else None)
+            out[name]["base_rate"].append(float(y[m].mean()) if m.any() else None)
     return {name: with_second_half(c) for name, c in out.items()}
 
 

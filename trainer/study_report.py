@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,27 @@ MODE_LABELS = {"none": "none", "kd": "kd", "aux": "aux", "aux_sa": "aux+adapter"
 def gain_pct(base: float, other: float) -> float:
     """Relative NE gain of ``other`` over ``base`` in percent (positive = lower NE = better)."""
     return (base - other) / base * 100.0
+
+
+def finite_json(x: Any) -> Any:
+    """``x`` with every NaN/inf float replaced by None (strict JSON; e.g. a ratio over a zero
+    denominator, or a skipped tuning config's score)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite_json(v) for v in x]
+    return x
+
+
+def dump_json(x: Any) -> str:
+    """Strict JSON text of a study result (see :func:`finite_json`)."""
+    return json.dumps(finite_json(x), indent=2, default=str, allow_nan=False) + "\n"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -121,7 +143,7 @@ def write_study_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
     """study.json, study.md and study_ne.png under ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "study.json", "markdown": out / "study.md", "plot": out / "study_ne.png"}
-    paths["json"].write_text(json.dumps(result, indent=2, default=str) + "\n")
+    paths["json"].write_text(dump_json(result))
     paths["markdown"].write_text(study_markdown(result))
     plot_curves(
         result["per_window"],
@@ -134,7 +156,7 @@ def write_study_outputs(result: dict[str, Any], out: Path) -> dict[str, str]:
 
 def _ci(x: dict[str, Any], digits: int = 2) -> str:
     lo, hi = x["ci95"]
-    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    return f"[{_num(lo, f'+.{digits}f')}, {_num(hi, f'+.{digits}f')}]"
 
 
 def _sig(x: dict[str, Any]) -> str:
@@ -187,7 +209,7 @@ def transfer_lines(res: dict[str, Any]) -> list[str]:
                 res["fm_ne_per_vertical"][v],
                 _f(bayes.get(v)),
                 *(
-                    f"{modes[m]:+.3f} {_ci({'ci95': res['transfer_ratio_ci95'][v][m]}, 3)}"
+                    f"{_num(modes[m], '+.3f')} {_ci({'ci95': res['transfer_ratio_ci95'][v][m]}, 3)}"
                     for m in ("kd", "aux", "aux_sa")
                 ),
             ]
@@ -232,7 +254,7 @@ def staleness_lines(res: dict[str, Any]) -> list[str]:
                     [
                         k,
                         v,
-                        f"{r['recovered']:+.2f}",
+                        _num(r["recovered"], "+.2f"),
                         _ci(r),
                         f"{r['adapter_gain_ne']:+.5f} {_ci({'ci95': r['adapter_gain_ne_ci95']}, 5)}",
                         f"{r['staleness_cost_ne']:+.5f} {_ci({'ci95': r['staleness_cost_ne_ci95']}, 5)}",
@@ -300,7 +322,7 @@ def selection_lines(res: dict[str, Any]) -> list[str]:
                     MODE_LABELS[rnd["mode"]],
                     f"alpha {c['alpha']:g}, beta {c['beta']:g}, w {c['weight']:g}, "
                     f"share {c['adapter_share']:g}",
-                    t["score"],
+                    "skipped (alpha saturates the target)" if t.get("skipped") else t["score"],
                 ]
             )
     chosen = sel["chosen"]
@@ -390,7 +412,16 @@ def serving_lines(res: dict[str, Any]) -> list[str]:
 def goals_lines(res: dict[str, Any]) -> list[str]:
     """The issue's acceptance goals, met or not on this run."""
     goals = res.get("goals") or {}
-    rows = [[name.replace("_", " "), "yes" if g["met"] else "**no**"] for name, g in goals.items()]
+    labels = {
+        "aux_sa_ci_lower_above_0_every_vertical": "aux+adapter: 95 % CI lower bound > 0 on every vertical",
+        "aux_mean_at_least_kd_every_vertical": "aux >= kd (mean gain) on every vertical",
+        "recovered_at_least_0.3_ci_lower_above_0_at_k1_k2": "recovered >= 0.3, CI lower > 0 at k = 1, 2",
+        "no_significant_adapter_loss_at_any_k": "no significant adapter loss at any staleness k",
+        "fm_ne_strictly_decreasing_with_size": "FM NE strictly decreasing small -> large",
+        "vm_gain_non_decreasing_with_fm_size": "VM gain non-decreasing with FM size",
+        "no_collapses": "collapses = 0",
+    }
+    rows = [[labels.get(name, name), "yes" if g["met"] else "**no**"] for name, g in goals.items()]
     return md_table(["goal", "met"], rows) if rows else []
 
 

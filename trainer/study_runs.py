@@ -2,14 +2,15 @@
 
 Per **data seed** ``d`` (the synthetic stream regenerated with seed ``preset.synthetic.seed + d``;
 an imported dataset has one data seed) the study trains **one FM per size**, seeded ``d``, and runs
-one DAS per (FM size, staleness, first VM window). Those are shared by every model seed and mode:
-the FM is the fixed teacher of that stream, and reseeding it per model seed would confound the
-paired comparison (all modes of one model seed must see the same teacher) while multiplying the
-most expensive step; the FM's own seed variance is sampled through the data seeds.
+one DAS per (FM size, staleness, first VM window). Those are shared by every model seed and mode,
+so all runs of a data seed learn from the same teacher. Reseeding the FM per model seed would keep
+the modes paired too, but would multiply the most expensive steps (FM training, DAS) by the number
+of model seeds; the FM's own seed variance is sampled through the data seeds instead.
 
 Per data seed and **model seed** ``s`` the VMs (seed ``s``) of each vertical are trained:
 
-- ``ablation``: FM ``preset.fm_preset`` 1 window stale, modes none / kd / aux / aux_sa;
+- ``ablation``: FM ``preset.fm_preset``, ``preset.staleness`` (1) window stale, modes none / kd /
+  aux / aux_sa (kd keeps alpha = 1: it distills into the served head);
 - ``staleness``: FM 0, 1, 2, 4 windows stale: aux and aux_sa per level;
 - ``scaling``: the medium and large FMs, aux_sa (small = the ablation's aux_sa, same none).
 
@@ -25,6 +26,7 @@ choice is frozen for every run; the evaluated windows (second half) are never se
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,8 @@ SELECT_GRID: dict[str, tuple[float, ...]] = {
     "weight": (1.0, 0.5, 2.0),
     "adapter_share": (0.5, 0.25, 0.75),
 }
+MAX_SCALED_RATE = 0.5
+"""Selection skips label scales alpha with alpha * base rate above this (see :func:`t_tune_vm`)."""
 SELECT_ORDER = (("alpha", "aux"), ("beta", "aux"), ("weight", "aux"), ("adapter_share", "aux_sa"))
 
 
@@ -172,8 +176,12 @@ def t_select(
     """A coordinate-search decision: the best of the configs tried so far for ``mode``."""
     results = {}
     for key, r in tune.items():
-        scores = {v: study.mean_from(c["ne"], c["windows"], score_from) for v, c in r["curves"].items()}
-        results[key] = {"mode": r["mode"], "config": r["config"], "scores": scores}
+        scores = {
+            v: math.inf if c.get("skipped") else study.mean_from(c["ne"], c["windows"], score_from)
+            for v, c in r["curves"].items()
+        }
+        skipped = [f"{v}: {c['skipped']}" for v, c in r["curves"].items() if c.get("skipped")]
+        results[key] = {"mode": r["mode"], "config": r["config"], "scores": scores, "skipped": skipped}
     cfg = base.model_dump() if isinstance(base, study.DistillConfig) else base["config"]
     chosen = pick({"config": cfg, "param": param}, param, mode, results)
     return {**chosen, "results": results}
@@ -326,8 +334,22 @@ def t_tune_vm(
     export: bool,
     end: int,
 ) -> dict[str, Any]:
-    """A tuning VM on the early windows with the override's config."""
+    """A tuning VM on the early windows with the override's config.
+
+    A label scale alpha > 1 that saturates the target (``alpha * base rate > MAX_SCALED_RATE`` on the
+    tuning windows: most rows would get ``clip(alpha * p) = 1``, a constant) is not trained; it
+    scores +inf, so the search never picks it.
+    """
     cfg = study.DistillConfig(**resolve_override(override))
+    teacher = das["teacher"][vertical]
+    rates = [
+        r for w, r in zip(teacher["windows"], teacher.get("base_rate", []), strict=False) if w < end and r
+    ]
+    rate = sum(rates) / len(rates) if rates else 0.0
+    if cfg.alpha > 1.0 and cfg.alpha * rate > MAX_SCALED_RATE:
+        ws = list(range(start, end))
+        reason = f"alpha {cfg.alpha:g} x base rate {rate:.3f} > {MAX_SCALED_RATE}: the target saturates"
+        return {"windows": ws, "ne": [math.inf] * len(ws), "skipped": reason}
     return t_vm(data, das, name, vertical, mode, cfg, start, seed, export, end)
 
 

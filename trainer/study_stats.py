@@ -101,8 +101,8 @@ def bootstrap(
             sums[n] += np.einsum("bs,sw,bw->b", cs, vals[i], cw)
     if point_n == 0:
         raise ValueError("no unit where every cell has a finite value")
-    value = float(stat({n: point_sum[n] / point_n for n in names}))
     with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(stat({n: np.float64(point_sum[n] / point_n) for n in names}))  # x/0: inf or nan
         reps = np.asarray(stat({n: sums[n] / counts for n in names}), dtype=np.float64)
     ok = reps[np.isfinite(reps)]
     lo, hi = (float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))) if ok.size else (np.nan, np.nan)

@@ -305,6 +305,7 @@ def selection_section(r: Results) -> dict[str, Any] | None:
                 "mode": x["mode"],
                 "score": statistics.fmean(x["scores"].values()),
                 "per_vertical": x["scores"],
+                "skipped": x.get("skipped", []),
             }
             for key, x in res["results"].items()
             if key.startswith(f"tune:r{i}:")
