@@ -98,16 +98,18 @@ PRESETS: dict[str, StudyPreset] = {
         fm_batch_size=256,
         vm_batch_size=128,
     ),
-    # ~160 impressions per user over the stream: a user's taste is learnable from all verticals
-    # together (the FM) but only partly from one vertical (a VM). 24 windows, so the FM has a long
-    # history by the second half; shorter streams give coin-flip gains (see docs/results.md).
+    # The generator's default users: ~300 impressions per user over the stream, shared by every
+    # vertical, so a user's taste is learnable from all verticals together (the FM) but only partly
+    # from one vertical's rows and a budget-limited feature set (a VM). 24 windows, so the FM has a
+    # long history by the second half (docs/data.md, docs/results.md).
     "quick": StudyPreset(
         name="quick",
-        synthetic=SyntheticConfig(windows=24, rows_per_window=25_000, verticals=4, users=3750, seed=0),
+        synthetic=SyntheticConfig(windows=24, rows_per_window=25_000, verticals=4, seed=0),
     ),
     "full": StudyPreset(
         name="full",
-        synthetic=SyntheticConfig(windows=36, rows_per_window=40_000, verticals=4, users=9600, seed=0),
+        synthetic=SyntheticConfig(windows=36, rows_per_window=40_000, verticals=4, seed=0),
+        fm_preset="medium",
     ),
 }
 

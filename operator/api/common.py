@@ -177,7 +177,7 @@ class Training(ApiModel):
     """Trainer knobs passed to the job config."""
 
     batch_size: int = Field(default=2048, ge=1, le=1_048_576, description="Examples per step.")
-    embedding_lr: float = Field(default=0.05, gt=0, description="Rowwise Adagrad LR of the embeddings.")
+    embedding_lr: float = Field(default=0.02, gt=0, description="Rowwise Adagrad LR of the embeddings.")
     dense_lr: float | None = Field(
         default=None, gt=0, description="LR of the dense layers (default: the model preset's)."
     )

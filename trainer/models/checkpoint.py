@@ -48,7 +48,7 @@ def model_config(
 def build_model(
     config: dict[str, Any],
     embedding_mode: EmbeddingMode = "plain",
-    embedding_lr: float = 0.05,
+    embedding_lr: float = 0.02,
     device: torch.device | str = "cpu",
 ) -> FoundationModel | VerticalModel:
     """A fresh model of a :func:`model_config` dict."""

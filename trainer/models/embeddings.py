@@ -62,7 +62,7 @@ def build_embeddings(
     schema: FeatureSchema,
     dim: int | None,
     mode: EmbeddingMode,
-    lr: float = 0.05,
+    lr: float = 0.02,
     device: torch.device | str = "cpu",
 ) -> nn.Module:
     """The embedding-bag collection of ``schema`` in the requested build (see module docstring)."""

@@ -26,7 +26,7 @@ class FoundationModel(FeatureInputModel):
         schema: FeatureSchema,
         preset: FMPreset | str = "small",
         embedding_mode: EmbeddingMode = "fused",
-        embedding_lr: float = 0.05,
+        embedding_lr: float = 0.02,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()

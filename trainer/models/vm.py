@@ -39,7 +39,7 @@ class VerticalModel(FeatureInputModel):
         preset: VMPreset | str = "tiny",
         distillation: Distillation | None = None,
         embedding_mode: EmbeddingMode = "fused",
-        embedding_lr: float = 0.05,
+        embedding_lr: float = 0.02,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
