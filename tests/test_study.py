@@ -157,6 +157,7 @@ def test_bench_tiny_json_has_every_section(tmp_path: Path) -> None:
     sc = res["scaling"]
     assert set(sc["fm_ne"]) == set(sc["vm_gain_pct"]) == {"small", "medium", "large"}
     assert all(math.isfinite(x) for x in [*sc["fm_ne"].values(), *sc["vm_gain_pct"].values()])
+    assert set(res["bayes_ne"]) == set(verts) and all(0 < x < 1.5 for x in res["bayes_ne"].values())
     assert isinstance(res["collapses"], int) and res["runs_checked"] == 2 * len(verts) * (3 + 3 * 2 + 3)
     sel = res["selection"]
     assert [r["param"] for r in sel["rounds"]] == ["alpha", "beta", "weight", "adapter_share"]
