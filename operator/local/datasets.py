@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exfm_operator.local.manifests import Bundle, DatasetDoc, vertical_problem, vm_dataset
+from exfm_operator.local.manifests import Bundle, DatasetDoc, vm_vertical_problems
 from exfm_operator.local.progress import Reporter
 from exfm_trainer.errors import find_error_event
 from exfm_trainer.schema import FeatureSchema
@@ -248,15 +248,9 @@ def dataset_verticals(uri: str) -> tuple[str | None, list[str] | None]:
 
 def check_dataset_values(bundle: Bundle) -> list[str]:
     """Each VM whose ``spec.vertical`` is not among the verticals its materialised dataset holds."""
-    problems = []
-    for vm in bundle.of_kind("VerticalModel"):
-        ds = vm_dataset(bundle, vm)
-        if ds is None or vm.spec.vertical is None:
-            continue
+
+    def materialised(ds: Any) -> tuple[str | None, list[str] | None] | None:
         column, values = dataset_verticals(ds.uri)
-        if column is None:
-            continue
-        problem = vertical_problem(vm, values, column, ds.uri)
-        if problem:
-            problems.append(problem)
-    return problems
+        return None if column is None else (column, values)
+
+    return vm_vertical_problems(bundle, materialised)

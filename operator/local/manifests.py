@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -187,23 +188,38 @@ def vertical_problem(vm: VerticalModel, values: list[str] | None, column: str | 
     )
 
 
-def vertical_problems(bundle: Bundle) -> list[str]:
-    """A VM whose vertical the dataset's schema does not know (declared vocabulary/synthetic names)."""
+def vm_vertical_problems(
+    bundle: Bundle, lookup: Callable[[Any], tuple[str | None, list[str] | None] | None]
+) -> list[str]:
+    """Each VM whose ``spec.vertical`` is not among the values ``lookup(dataset)`` knows.
+
+    ``lookup`` returns ``(vertical column, values)`` of a VM's dataset, or None when it cannot tell.
+    """
     problems = []
     for vm in bundle.of_kind("VerticalModel"):
         ds = vm_dataset(bundle, vm)
         if ds is None or vm.spec.vertical is None:
             continue
-        try:
-            schema = ds.resolved_schema()
-        except ValueError:
-            continue  # an invalid generator config is reported on its own
-        if schema is None:
+        found = lookup(ds)
+        if found is None:
             continue
-        problem = vertical_problem(vm, schema.vertical_values(), schema.vertical, ds.uri)
+        problem = vertical_problem(vm, found[1], found[0], ds.uri)
         if problem:
             problems.append(problem)
     return problems
+
+
+def _declared_verticals(ds: Any) -> tuple[str | None, list[str] | None] | None:
+    try:
+        schema = ds.resolved_schema()
+    except ValueError:
+        return None  # an invalid generator config is reported on its own
+    return None if schema is None else (schema.vertical, schema.vertical_values())
+
+
+def vertical_problems(bundle: Bundle) -> list[str]:
+    """A VM whose vertical the dataset's schema does not know (declared vocabulary/synthetic names)."""
+    return vm_vertical_problems(bundle, _declared_verticals)
 
 
 def _identity(doc: Any) -> tuple[str, str, str]:

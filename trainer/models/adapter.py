@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from exfm_trainer.jobs import Distillation
+from exfm_trainer.models.losses import bce
 
 SIGMA_MIN = 1e-3
 
@@ -75,22 +75,20 @@ class AdapterTrainer:
     def step(
         self, fm_logit: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Update the adapter on ``labels``, then return its stop-gradient probabilities."""
+        """Update the adapter on ``labels``, then return its stop-gradient probabilities.
+
+        A zero ``weight`` (a padding copy) contributes no gradient; the caller runs no step that no
+        rank holds rows for, so a step here always moves the adapter on real rows.
+        """
         self.module.train()
-        logits = self.module(fm_logit)
-        if weight is None:
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
-        else:
-            per_row = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-            loss = (per_row * weight).sum() / weight.sum().clamp_min(1.0)
+        loss = bce(self.module(fm_logit), labels, weight)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         if self.all_reduce is not None:
             for p in self.module.parameters():
                 if p.grad is not None:
                     self.all_reduce(p.grad)
-        if weight is None or float(weight.sum()) > 0 or self.all_reduce is not None:
-            self.optim.step()
+        self.optim.step()
         return self.target(fm_logit)
 
     @torch.no_grad()

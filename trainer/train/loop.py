@@ -268,7 +268,7 @@ class StreamingTrainer:
         counts = D.all_reduce_ints(
             [local.rows_read, local.rows_used, *(local.skipped_by_reason[r] for r in reasons)], self.ctx
         )
-        (max_batches,) = D.all_reduce_ints([len(batches)], self.ctx, op="max")
+        batch_counts = D.gather_objects(len(batches), self.ctx)  # every rank's, for padding
         stats = RowStats(rows_read=counts[0], rows_used=counts[1])
         stats.skipped_by_reason = dict(zip(reasons, counts[2:], strict=True))
         stats.examples = dict(local.examples)
@@ -279,12 +279,12 @@ class StreamingTrainer:
             self.empty_windows.append(window)
             self._finish_window(window, metrics, empty=True)
             return metrics
-        steps = self._pad(batches, max_batches)
+        steps = self._pad(batches, max(batch_counts))
         logits, labels = self._evaluate(steps)
         if self.adapter is not None:
             self._anchor_adapter(batches)
         start = time.perf_counter()
-        self._train(steps, D.gather_objects(len(batches), self.ctx))
+        self._train(steps, batch_counts)
         elapsed = time.perf_counter() - start
         gathered = D.gather_objects((logits, labels), self.ctx)
         all_logits = np.concatenate([g[0] for g in gathered])
